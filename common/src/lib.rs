@@ -37,17 +37,20 @@ pub mod maps {
     pub const PAIRS: &str = "gw_pair_v1";
     pub const STATS: &str = "gw_stat_v1";
     pub const EVENTS: &str = "gw_event_v1";
+    pub const BOUND: &str = "gw_bound_v1";
 
     /// Every map the agent pins, in one list.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CGROUPS, SUBTREES, SOCKETS, LISTENERS, IPCACHE, IDENTITIES, RULES, ACTIVE, SLOTS, PAIRS,
-        STATS, EVENTS,
+        STATS, EVENTS, BOUND,
     ];
 
     pub const CGROUPS_MAX: u32 = 65_536;
     pub const SUBTREES_MAX: u32 = 1_024;
     pub const SOCKETS_MAX: u32 = 262_144;
     pub const LISTENERS_MAX: u32 = 65_536;
+    /// Sockets that bound an address (the listener key to remove at release).
+    pub const BOUND_MAX: u32 = 65_536;
     pub const IPCACHE_MAX: u32 = 65_536;
     pub const IDENTITIES_MAX: u32 = 2 * 131_072;
     pub const RULES_MAX: u32 = 2 * 524_288;

@@ -1,0 +1,64 @@
+//! Builds the eBPF programs (ebpf/) with the nightly toolchain and embeds the
+//! object in the agent, so one binary carries both sides.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+/// Set to a prebuilt object to skip the nested build.
+const OBJECT_OVERRIDE: &str = "GRIDWARD_EBPF_OBJECT";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("agent/ lives in the workspace");
+    for watched in ["ebpf/src", "ebpf/Cargo.toml", "ebpf/.cargo", "common/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed={OBJECT_OVERRIDE}");
+
+    let object = match env::var_os(OBJECT_OVERRIDE) {
+        Some(path) => PathBuf::from(path),
+        None => build_ebpf(&root.join("ebpf"), &out_dir.join("ebpf-target")),
+    };
+    let embedded = out_dir.join("gridward.bpf.o");
+    if let Err(error) = std::fs::copy(&object, &embedded) {
+        panic!("cannot copy the eBPF object {}: {error}", object.display());
+    }
+}
+
+fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(ebpf_dir)
+        .args(["+nightly", "build", "--release", "-Z", "build-std=core", "--target"])
+        .arg(EBPF_TARGET)
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's compiler settings are for the host, not for BPF.
+    for inherited in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cargo.env_remove(inherited);
+    }
+    let status = cargo.status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!(
+            "building the eBPF programs failed ({status}); `cargo xtask setup` installs the \
+             nightly rust-src component and bpf-linker they need"
+        ),
+        Err(error) => panic!("cannot run cargo for the eBPF programs: {error}"),
+    }
+    target_dir.join(EBPF_TARGET).join("release").join("gridward")
+}

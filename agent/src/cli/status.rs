@@ -1,0 +1,43 @@
+//! `gridward status`.
+
+use std::{path::Path, process::ExitCode};
+
+use super::{CliResult, Output};
+use crate::{api, runtime::status::Status};
+
+pub async fn status(socket: &Path, output: Output) -> CliResult {
+    let status: Status = api::client::call(socket, &api::Request::Status).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Text => print_text(&status),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(s: &Status) {
+    println!("scope        {} (cgroup2 at {})", s.scope, s.cgroup_mount);
+    println!("pins         {}", s.pins);
+    println!("config       {}", s.config);
+    println!("trust domain {}", s.trust_domain);
+    println!("mode         {}", s.mode);
+    println!("policy       revision {} in slot {}", s.revision, s.active_slot);
+    println!("kernel       {} identity entries, {} rule entries, {} listeners", s.identity_entries, s.rule_entries, s.listeners);
+    println!("cgroups      {} ({} managed subtree(s): {})", s.cgroups, s.managed_subtrees.len(), s.managed_subtrees.join(", "));
+    println!("workloads    {}", s.workloads.len());
+    for w in &s.workloads {
+        let isolation = match (w.ingress_isolated, w.egress_isolated) {
+            (true, true) => "ingress+egress isolated",
+            (true, false) => "ingress isolated",
+            (false, true) => "egress isolated",
+            (false, false) => "not isolated",
+        };
+        println!("  {:<60} {:<8} {:>3} cgroup(s)  {isolation}", w.spiffe_id, w.mode, w.cgroups);
+    }
+    for problem in &s.unclassified {
+        println!("  unclassified: {problem}");
+    }
+    println!("counters");
+    for c in &s.counters {
+        println!("  {:<28} {}", c.name, c.value);
+    }
+}

@@ -1,0 +1,76 @@
+//! Socket tags: which cgroup created a socket, and which identity that means.
+//!
+//! The kernel fixes a socket's cgroup when the socket is created, and the
+//! creating task is the current task at that moment. Tagging then, and judging
+//! by the tag later, means that moving a process or passing a socket to
+//! another process changes nothing about who the socket speaks for.
+
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+};
+use gridward_common::{SockTag, identity, stat};
+
+use crate::maps::{CGROUPS, SOCKETS, SUBTREES, count};
+
+/// Deepest cgroup level searched for a managed subtree. cgroup trees on real
+/// hosts (Kubernetes with the systemd driver) are well under this.
+const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// The tag for a socket the current task creates now.
+#[inline(always)]
+pub fn tag_for_current() -> SockTag {
+    // SAFETY: the helper takes no arguments and only reads the current task.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    SockTag { cgroup_id, managed: current_in_managed_subtree() as u32, _pad: 0 }
+}
+
+/// Whether the current task's cgroup or one of its ancestors is a subtree
+/// that selectors manage.
+#[inline(always)]
+fn current_in_managed_subtree() -> bool {
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: the helper only reads the current task's cgroup ancestry.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 {
+            // Past the task's own level: no more ancestors.
+            return false;
+        }
+        if SUBTREES.get_ptr(ancestor).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The tag of an existing socket. A socket the programs never saw created
+/// (it predates the agent, and sock_diag did not report it) falls back to the
+/// calling task, which is the best the kernel can tell us then.
+#[inline(always)]
+pub fn tag_of_socket(cookie: u64) -> SockTag {
+    match SOCKETS.get_ptr(cookie) {
+        // SAFETY: the pointer comes from a successful lookup.
+        Some(tag) => unsafe { *tag },
+        None => {
+            count(stat::UNTAGGED_SOCKETS);
+            tag_for_current()
+        }
+    }
+}
+
+/// The identity a tag stands for under `slot`.
+#[inline(always)]
+pub fn identity_of(tag: &SockTag, slot: u32) -> u32 {
+    let classified = match CGROUPS.get_ptr(tag.cgroup_id) {
+        // SAFETY: the pointer comes from a successful lookup; `slot` is 0 or 1.
+        Some(entry) => unsafe { (*entry).identity[(slot & 1) as usize] },
+        None => identity::NONE,
+    };
+    if classified != identity::NONE {
+        classified
+    } else if tag.managed != 0 {
+        // Managed but not classified (yet): never mistaken for the host.
+        identity::UNCLASSIFIED
+    } else {
+        identity::HOST
+    }
+}
