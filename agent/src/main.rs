@@ -1,5 +1,7 @@
 //! gridward: identity-based enforcement between workloads, from the kernel.
 
+mod config;
+mod policy;
 mod spiffe;
 
 fn main() {}
