@@ -110,8 +110,8 @@ pub fn compile(
         let from = index.members(&rule.from);
         let to = index.members(&rule.to);
         match rule.direction {
-            Direction::Ingress => isolation.mark(&to, ident_flags::ISOLATED_INGRESS),
-            Direction::Egress => isolation.mark(&from, ident_flags::ISOLATED_EGRESS),
+            Direction::Ingress => isolation.mark(&to, Direction::Ingress),
+            Direction::Egress => isolation.mark(&from, Direction::Egress),
         }
         let shape = Shape {
             direction: rule.direction.code(),
@@ -243,15 +243,14 @@ impl Isolation {
         Self { reserved: BTreeMap::new(), ingress: vec![0; live + 1], egress: vec![0; live + 1] }
     }
 
-    fn mark(&mut self, members: &Members, flag: u32) {
+    fn mark(&mut self, members: &Members, direction: Direction) {
+        let (flag, diff) = match direction {
+            Direction::Ingress => (ident_flags::ISOLATED_INGRESS, &mut self.ingress),
+            Direction::Egress => (ident_flags::ISOLATED_EGRESS, &mut self.egress),
+        };
         for number in &members.reserved {
             *self.reserved.entry(*number).or_default() |= flag;
         }
-        let diff = if flag == ident_flags::ISOLATED_INGRESS {
-            &mut self.ingress
-        } else {
-            &mut self.egress
-        };
         for span in &members.spans {
             diff[span.start] += 1;
             diff[span.end] -= 1;
