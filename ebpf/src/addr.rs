@@ -71,7 +71,14 @@ fn judge_ipv6(ctx: &SockAddrContext, hook: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge(ctx: &SockAddrContext, hook: u8, family: u8, addr: [u8; 16], port: u32, proto: u32) -> i32 {
+fn judge(
+    ctx: &SockAddrContext,
+    hook: u8,
+    family: u8,
+    addr: [u8; 16],
+    port: u32,
+    proto: u32,
+) -> i32 {
     let proto = proto as u8;
     if proto != protocol::TCP && proto != protocol::UDP {
         // Raw and ICMP sockets are outside what policy speaks about.

@@ -3,8 +3,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use gridward_common::{
-    IdentKey, RULE_KEY_FIXED_BITS, direction, ident_flags, identity, reason, rule_key_data,
-    verdict,
+    IdentKey, RULE_KEY_FIXED_BITS, direction, ident_flags, identity, reason, rule_key_data, verdict,
 };
 
 use crate::maps::{IDENTITIES, RULES};
@@ -22,8 +21,13 @@ pub struct Decision {
 enum Side {
     /// This side is not isolated in this direction.
     Open,
-    Allowed { rule_id: u32 },
-    Refused { reason: u8, observe: bool },
+    Allowed {
+        rule_id: u32,
+    },
+    Refused {
+        reason: u8,
+        observe: bool,
+    },
 }
 
 #[inline(always)]
@@ -69,7 +73,7 @@ fn check(slot: u32, dir: u8, src: u32, dst: u32, port: u16, protocol: u8, flags:
         return Side::Open;
     }
     let data = rule_key_data(slot as u8, dir, protocol, src, dst, port);
-    if let Some(rule) = RULES.get(&Key::new(RULE_KEY_FIXED_BITS + 16, data)) {
+    if let Some(rule) = RULES.get(Key::new(RULE_KEY_FIXED_BITS + 16, data)) {
         return Side::Allowed { rule_id: rule.rule_id };
     }
     let observe = flags & ident_flags::OBSERVE != 0;
@@ -92,7 +96,7 @@ fn refusal_reason(dir: u8, src: u32, dst: u32) -> u8 {
 #[inline(always)]
 fn flags_of(slot: u32, identity: u32) -> u32 {
     let key = IdentKey { slot, identity };
-    match IDENTITIES.get_ptr(&key) {
+    match IDENTITIES.get_ptr(key) {
         // SAFETY: the pointer comes from a successful lookup.
         Some(entry) => unsafe { (*entry).flags },
         None => ident_flags::ISOLATED_INGRESS | ident_flags::ISOLATED_EGRESS,

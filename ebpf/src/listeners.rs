@@ -20,7 +20,7 @@ pub fn record(key: &ListenerKey, tag: SockTag, cookie: u64) {
     let entry = ListenerEntry { tag, socket_cookie: cookie };
     // A full table leaves the destination to the address map or `world`;
     // the agent reports the table's fill level.
-    let _ = LISTENERS.insert(key, &entry, 0);
+    let _ = LISTENERS.insert(key, entry, 0);
     let _ = BOUND.insert(cookie, key, 0);
 }
 
@@ -32,11 +32,11 @@ pub fn forget(cookie: u64) {
     };
     // SAFETY: the pointer comes from a successful lookup; copy before delete.
     let key = unsafe { *key };
-    if let Some(entry) = LISTENERS.get_ptr(&key) {
+    if let Some(entry) = LISTENERS.get_ptr(key) {
         // SAFETY: as above. Another socket may have bound the same key since
         // (SO_REUSEADDR): only the owner removes it.
         if unsafe { (*entry).socket_cookie } == cookie {
-            let _ = LISTENERS.remove(&key);
+            let _ = LISTENERS.remove(key);
         }
     }
     let _ = BOUND.remove(cookie);
@@ -60,10 +60,10 @@ fn listener_tag(netns: u64, addr: &[u8; 16], port: u16, proto: u8) -> Option<Soc
     if let Some(tag) = lookup(netns, *addr, port, proto) {
         return Some(tag);
     }
-    if is_ipv4_mapped(addr) {
-        if let Some(tag) = lookup(netns, IPV4_WILDCARD, port, proto) {
-            return Some(tag);
-        }
+    if is_ipv4_mapped(addr)
+        && let Some(tag) = lookup(netns, IPV4_WILDCARD, port, proto)
+    {
+        return Some(tag);
     }
     // A dual-stack socket bound to [::] also receives IPv4.
     lookup(netns, IPV6_WILDCARD, port, proto)
@@ -73,7 +73,7 @@ fn listener_tag(netns: u64, addr: &[u8; 16], port: u16, proto: u8) -> Option<Soc
 fn lookup(netns: u64, addr: [u8; 16], port: u16, proto: u8) -> Option<SockTag> {
     let key = ListenerKey::new(netns, addr, port, proto);
     // SAFETY: the pointer comes from a successful lookup; copied at once.
-    LISTENERS.get_ptr(&key).map(|entry| unsafe { (*entry).tag })
+    LISTENERS.get_ptr(key).map(|entry| unsafe { (*entry).tag })
 }
 
 #[inline(always)]

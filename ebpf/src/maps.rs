@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use gridward_common::{
-    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey,
-    PairStats, RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
+    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey, PairStats,
+    RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
 };
 
 /// Allocate entries on insert rather than up front: most tables stay small.

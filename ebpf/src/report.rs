@@ -8,8 +8,8 @@ use aya_ebpf::helpers::{
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use gridward_common::{
-    ALLOWED_PAIR_EVENT_INTERVAL_NS, Event, PAIR_EVENT_INTERVAL_NS, PairKey, PairStats, maps,
-    stat, verdict,
+    ALLOWED_PAIR_EVENT_INTERVAL_NS, Event, PAIR_EVENT_INTERVAL_NS, PairKey, PairStats, maps, stat,
+    verdict,
 };
 
 use crate::{
@@ -63,9 +63,9 @@ fn pair_due(call: &Call, verdict: u8, now: u64) -> Option<u64> {
         protocol: call.protocol,
         verdict,
     };
-    let Some(stats) = PAIRS.get_ptr_mut(&key) else {
+    let Some(stats) = PAIRS.get_ptr_mut(key) else {
         let first = PairStats { count: 1, last_event_ns: now, count_at_last_event: 1 };
-        let _ = PAIRS.insert(&key, &first, 0);
+        let _ = PAIRS.insert(key, first, 0);
         return Some(1);
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for

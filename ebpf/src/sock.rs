@@ -22,7 +22,7 @@ const PROCEED: i32 = 1;
 pub fn gw_sock_create(ctx: SockContext) -> i32 {
     let cookie = socket_cookie(&ctx);
     let tag = tag_for_current();
-    if SOCKETS.insert(cookie, &tag, 0).is_err() {
+    if SOCKETS.insert(cookie, tag, 0).is_err() {
         // Judged later by the calling task instead; counted so it shows.
         count(stat::TAG_FAILURES);
     }

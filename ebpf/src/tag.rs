@@ -5,9 +5,7 @@
 //! by the tag later, means that moving a process or passing a socket to
 //! another process changes nothing about who the socket speaks for.
 
-use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-};
+use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
 use gridward_common::{SockTag, identity, stat};
 
 use crate::maps::{CGROUPS, SOCKETS, SUBTREES, count};

@@ -226,7 +226,8 @@ impl Agent {
     }
 
     fn spawn(scope: &TestScope, config: PathBuf, socket: PathBuf, audit: PathBuf) -> Self {
-        let log = scope.temp.join(format!("agent-{}.log", SCOPE_SEQ.fetch_add(1, Ordering::Relaxed)));
+        let log =
+            scope.temp.join(format!("agent-{}.log", SCOPE_SEQ.fetch_add(1, Ordering::Relaxed)));
         let child = Command::new(gridward_bin())
             .args(["run", "--config"])
             .arg(&config)
@@ -293,7 +294,11 @@ impl Agent {
             .arg(&self.socket)
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 
@@ -360,5 +365,8 @@ pub fn grid_scope(name: &str) -> TestScope {
 
 /// Whether an event is `verdict` from `src` to `dst` on `port`.
 pub fn is_event(event: &Value, verdict: &str, src: &str, dst: &str, port: u16) -> bool {
-    event["verdict"] == verdict && event["src"] == src && event["dst"] == dst && event["dst_port"] == port
+    event["verdict"] == verdict
+        && event["src"] == src
+        && event["dst"] == dst
+        && event["dst_port"] == port
 }

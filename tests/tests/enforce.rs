@@ -19,11 +19,13 @@ fn tcp_over_ipv4_allows_the_rule_and_denies_lateral_movement() {
     assert_eq!(scope.probe("/grid/gateway", &["connect", "tcp", "127.0.0.1:18443"]), "ok");
     assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18443"]), "denied");
 
-    let deny = agent.wait_event("deny exchange->payments", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18443));
+    let deny = agent
+        .wait_event("deny exchange->payments", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18443));
     assert_eq!(deny["reason"], "no-ingress-rule");
     assert_eq!(deny["hook"], "connect4");
     assert_eq!(deny["comm"], "gw-probe");
-    let allow = agent.wait_event("allow gateway->payments", |e| is_event(e, "allow", GATEWAY, PAYMENTS, 18443));
+    let allow = agent
+        .wait_event("allow gateway->payments", |e| is_event(e, "allow", GATEWAY, PAYMENTS, 18443));
     assert_eq!(allow["rule"], "gateway-to-payments");
     assert!(allow["revision"].as_u64().unwrap() >= 1);
 }
@@ -57,7 +59,8 @@ fn ipv4_mapped_ipv6_destination_is_judged_as_ipv4() {
     let mapped = "[::ffff:127.0.0.1]:18445";
     assert_eq!(scope.probe("/grid/gateway", &["connect", "tcp", mapped]), "ok");
     assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", mapped]), "denied");
-    let deny = agent.wait_event("deny via mapped", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18445));
+    let deny =
+        agent.wait_event("deny via mapped", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18445));
     assert_eq!(deny["hook"], "connect6");
     assert_eq!(deny["dst_addr"], "127.0.0.1");
 }
@@ -78,7 +81,9 @@ fn connected_and_unconnected_udp_are_judged() {
     assert_eq!(scope.probe("/grid/exchange", &["sendto", "127.0.0.1:15353"]), "denied");
 
     agent.wait_event("udp connect denied", |e| {
-        is_event(e, "deny", EXCHANGE, PAYMENTS, 15353) && e["protocol"] == "udp" && e["hook"] == "connect4"
+        is_event(e, "deny", EXCHANGE, PAYMENTS, 15353)
+            && e["protocol"] == "udp"
+            && e["hook"] == "connect4"
     });
     // The sendto denial is the same pair within the rate-limit interval, so
     // it is counted exactly in the kernel rather than sent as a second event.
@@ -97,7 +102,8 @@ fn observe_mode_lets_traffic_through_and_reports_would_deny() {
     let agent = Agent::start(&scope, &policy);
 
     assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18446"]), "ok");
-    let audit = agent.wait_event("would-deny", |e| is_event(e, "would-deny", EXCHANGE, PAYMENTS, 18446));
+    let audit =
+        agent.wait_event("would-deny", |e| is_event(e, "would-deny", EXCHANGE, PAYMENTS, 18446));
     assert_eq!(audit["reason"], "no-ingress-rule");
     assert_eq!(agent.counter("verdict_deny"), 0);
 }
@@ -151,13 +157,16 @@ fn a_socket_keeps_its_identity_after_its_process_moves() {
 
     // Made in exchange, connected from gateway: still exchange, denied.
     let gateway_procs = scope.procs("/grid/gateway").display().to_string();
-    let moved = scope.probe("/grid/exchange", &["move-then-connect", &gateway_procs, "127.0.0.1:18449"]);
+    let moved =
+        scope.probe("/grid/exchange", &["move-then-connect", &gateway_procs, "127.0.0.1:18449"]);
     assert_eq!(moved, "denied");
-    agent.wait_event("deny of the moved socket", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18449));
+    agent
+        .wait_event("deny of the moved socket", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18449));
 
     // And the other way round: made in gateway, moved to exchange: allowed.
     let exchange_procs = scope.procs("/grid/exchange").display().to_string();
-    let moved = scope.probe("/grid/gateway", &["move-then-connect", &exchange_procs, "127.0.0.1:18449"]);
+    let moved =
+        scope.probe("/grid/gateway", &["move-then-connect", &exchange_procs, "127.0.0.1:18449"]);
     assert_eq!(moved, "ok");
 }
 
@@ -178,9 +187,16 @@ fn a_cgroup_created_after_start_is_enforced() {
     scope.mkdir("/grid/gateway");
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(scope.probe("/grid/gateway", &["connect", "tcp", "127.0.0.1:18450"]), "ok");
-    agent.wait_event("new exchange denied by identity", |e| is_event(e, "deny", EXCHANGE, PAYMENTS, 18450));
+    agent.wait_event("new exchange denied by identity", |e| {
+        is_event(e, "deny", EXCHANGE, PAYMENTS, 18450)
+    });
     let status = agent.status().unwrap();
-    let ids: Vec<&str> = status["workloads"].as_array().unwrap().iter().filter_map(|w| w["spiffe_id"].as_str()).collect();
+    let ids: Vec<&str> = status["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["spiffe_id"].as_str())
+        .collect();
     assert!(ids.contains(&EXCHANGE) && ids.contains(&GATEWAY), "{ids:?}");
 }
 
@@ -229,6 +245,8 @@ fn an_unnameable_managed_cgroup_is_unclassified_and_denied() {
     scope.serve("/grid/payments", "tcp", "127.0.0.1:18452");
     let agent = Agent::start(&scope, &GRID_POLICY.replace("8443", "18452"));
     assert_eq!(scope.probe("/grid/bad@name", &["connect", "tcp", "127.0.0.1:18452"]), "denied");
-    let event = agent.wait_event("unclassified denied", |e| e["src"] == "unclassified" && e["verdict"] == "deny");
+    let event = agent.wait_event("unclassified denied", |e| {
+        e["src"] == "unclassified" && e["verdict"] == "deny"
+    });
     assert_eq!(event["reason"], "unclassified");
 }

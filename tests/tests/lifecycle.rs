@@ -133,7 +133,8 @@ fn an_invalid_config_at_start_is_refused_with_its_line() {
         return;
     }
     let scope = grid_scope("badstart");
-    let broken = GRID_POLICY.replace("spiffe://grid.local/sa/payments", "spiffe://grid.local/sa/pay%41");
+    let broken =
+        GRID_POLICY.replace("spiffe://grid.local/sa/payments", "spiffe://grid.local/sa/pay%41");
     let config = scope.write_temp("broken.yaml", &Agent::config_text(&scope, &broken));
     let mut child = std::process::Command::new(gridward_bin())
         .args(["run", "--config"])
@@ -187,7 +188,11 @@ fn an_overlapping_scope_is_refused() {
     let outer = grid_scope("overlap");
     let _agent = Agent::start(&outer, GRID_POLICY);
     let inner_scope = format!("{}/grid", outer.scope);
-    let text = format!("scope: {inner_scope}\napi_socket: {}/inner.sock\naudit_log: {}/inner.jsonl\ntrust_domain: grid.local\n", outer.temp.display(), outer.temp.display());
+    let text = format!(
+        "scope: {inner_scope}\napi_socket: {}/inner.sock\naudit_log: {}/inner.jsonl\ntrust_domain: grid.local\n",
+        outer.temp.display(),
+        outer.temp.display()
+    );
     let config = outer.write_temp("inner.yaml", &text);
     let mut child = std::process::Command::new(gridward_bin())
         .args(["run", "--config"])

@@ -33,7 +33,11 @@ enum Task {
     },
     /// Build, then run the demo: a small grid of services on this host, the
     /// agent enforcing a policy between them, and the live event stream.
-    Demo,
+    Demo {
+        /// Keep the grid running after the scenario, until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Run every check: formatting, clippy, unit tests, and the integration
     /// tests against the real kernel (those need root).
     Test {
@@ -48,7 +52,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(),
         Task::Build { release } => build(release),
-        Task::Demo => demo::run(),
+        Task::Demo { hold } => demo::run(hold),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
     }
@@ -63,7 +67,10 @@ pub fn root() -> PathBuf {
 /// Runs a command in the workspace, failing with its description.
 pub fn run_step(what: &str, command: &mut Command) -> Result<()> {
     eprintln!("==> {what}");
-    let status = command.current_dir(root()).status().with_context(|| format!("cannot start: {what}"))?;
+    if command.get_current_dir().is_none() {
+        command.current_dir(root());
+    }
+    let status = command.status().with_context(|| format!("cannot start: {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -90,6 +97,10 @@ fn build(release: bool) -> Result<()> {
 fn lint() -> Result<()> {
     setup::run()?;
     run_step("check formatting", cargo().args(["fmt", "--all", "--check"]))?;
+    run_step(
+        "check formatting (eBPF programs)",
+        cargo().args(["fmt", "--check", "--manifest-path", "ebpf/Cargo.toml"]),
+    )?;
     run_step(
         "clippy (host crates)",
         cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),

@@ -21,7 +21,9 @@ pub fn run() -> Result<()> {
         bpffs()?;
         debian_packages()?;
     } else {
-        eprintln!("note: not root: skipping bpffs and Debian packages (the kernel tests need root)");
+        eprintln!(
+            "note: not root: skipping bpffs and Debian packages (the kernel tests need root)"
+        );
     }
     Ok(())
 }
@@ -37,7 +39,10 @@ unsafe extern "C" {
 }
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).env_remove("RUSTUP_TOOLCHAIN").output()
+    let out = Command::new(program)
+        .args(args)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
         .with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
         bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
@@ -46,8 +51,10 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let installed = output("rustup", &["component", "list", "--installed", "--toolchain", "nightly"])
-        .context("the nightly toolchain is needed for the eBPF programs (rustup toolchain list)")?;
+    let installed =
+        output("rustup", &["component", "list", "--installed", "--toolchain", "nightly"]).context(
+            "the nightly toolchain is needed for the eBPF programs (rustup toolchain list)",
+        )?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
@@ -95,7 +102,6 @@ fn bpf_linker() -> Result<()> {
             "bpf-linker",
             "--version",
             "^0.13",
-            "--locked",
             "--no-default-features",
             "--features",
             &format!("llvm-{major}"),
@@ -125,15 +131,20 @@ fn bpffs() -> Result<()> {
 }
 
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(tool, _)| which(tool).is_none()).map(|(_, package)| *package).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(tool, _)| which(tool).is_none())
+        .map(|(_, package)| *package)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     run_step("update the Debian package lists", Command::new("apt-get").arg("update").arg("-q"))?;
     run_step(
         &format!("install Debian packages: {}", missing.join(" ")),
-        Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing),
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
     )
 }
 

@@ -40,7 +40,8 @@ impl Connection {
             |source| ClientError::Connect { path: path.display().to_string(), source };
         let stream = UnixStream::connect(path).await.map_err(connect_error)?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Reply { source })?;
+        let mut line =
+            serde_json::to_vec(request).map_err(|source| ClientError::Reply { source })?;
         line.push(b'\n');
         write.write_all(&line).await.map_err(|source| ClientError::Io { source })?;
         Ok(Self { lines: BufReader::new(read).lines() })

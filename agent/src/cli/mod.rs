@@ -159,7 +159,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
 async fn run(path: Option<PathBuf>) -> CliResult {
     let config = match &path {
         Some(path) => config::load(path)?,
-        None => config::embedded_default(),
+        None => config::builtin()?,
     };
     crate::runtime::run(config, path).await?;
     Ok(ExitCode::SUCCESS)
@@ -169,7 +169,7 @@ fn check(file: &Path) -> CliResult {
     match config::load(file) {
         Ok(config) => {
             println!(
-                "{}: ok: trust domain {}, mode {:?}, scope {}, {} workload selector(s), {} rule(s)",
+                "{}: ok: trust domain {}, mode {}, scope {}, {} workload selector(s), {} rule(s)",
                 file.display(),
                 config.trust_domain,
                 config.mode,

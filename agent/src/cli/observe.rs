@@ -47,7 +47,11 @@ pub async fn observe(args: ObserveArgs) -> CliResult {
     let socket = args.target.socket()?;
     let mut stream = api::client::Connection::open(&socket, &api::Request::Observe).await?;
     if args.output == Output::Text {
-        println!("{:<24} {:<10} {:<44} {:<44} {:<9} {}", "TIME", "VERDICT", "SOURCE", "DESTINATION", "PORT", "WHY");
+        let header = ["TIME", "VERDICT", "SOURCE", "DESTINATION", "PORT"];
+        println!(
+            "{:<24} {:<10} {:<44} {:<44} {:<9} WHY",
+            header[0], header[1], header[2], header[3], header[4]
+        );
     }
     let mut shown = 0u64;
     while args.count.is_none_or(|limit| shown < limit) {
@@ -62,7 +66,9 @@ pub async fn observe(args: ObserveArgs) -> CliResult {
                 shown += 1;
             }
             StreamLine::Event(_) => {}
-            StreamLine::Lagged { lagged } => eprintln!("gridward: {lagged} events skipped (this observer fell behind)"),
+            StreamLine::Lagged { lagged } => {
+                eprintln!("gridward: {lagged} events skipped (this observer fell behind)")
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

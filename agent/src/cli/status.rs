@@ -21,8 +21,16 @@ fn print_text(s: &Status) {
     println!("trust domain {}", s.trust_domain);
     println!("mode         {}", s.mode);
     println!("policy       revision {} in slot {}", s.revision, s.active_slot);
-    println!("kernel       {} identity entries, {} rule entries, {} listeners", s.identity_entries, s.rule_entries, s.listeners);
-    println!("cgroups      {} ({} managed subtree(s): {})", s.cgroups, s.managed_subtrees.len(), s.managed_subtrees.join(", "));
+    println!(
+        "kernel       {} identity entries, {} rule entries, {} listeners",
+        s.identity_entries, s.rule_entries, s.listeners
+    );
+    println!(
+        "cgroups      {} ({} managed subtree(s): {})",
+        s.cgroups,
+        s.managed_subtrees.len(),
+        s.managed_subtrees.join(", ")
+    );
     println!("workloads    {}", s.workloads.len());
     for w in &s.workloads {
         let isolation = match (w.ingress_isolated, w.egress_isolated) {
@@ -35,6 +43,15 @@ fn print_text(s: &Status) {
     }
     for problem in &s.unclassified {
         println!("  unclassified: {problem}");
+    }
+    if !s.pairs.is_empty() {
+        println!("busiest pairs (exact kernel counts)");
+    }
+    for p in &s.pairs {
+        println!(
+            "  {:>8}  {:<10} {} -> {} {}/{}",
+            p.count, p.verdict, p.src, p.dst, p.port, p.protocol
+        );
     }
     println!("counters");
     for c in &s.counters {

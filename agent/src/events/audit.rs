@@ -14,7 +14,10 @@ use super::EventRecord;
 /// Events queued for the writer before new ones are dropped (and counted).
 pub const QUEUE: usize = 65_536;
 
-pub async fn write_log(path: &Path, mut events: mpsc::Receiver<Arc<EventRecord>>) -> std::io::Result<()> {
+pub async fn write_log(
+    path: &Path,
+    mut events: mpsc::Receiver<Arc<EventRecord>>,
+) -> std::io::Result<()> {
     let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path).await?;
     let mut out = BufWriter::new(file);
     while let Some(event) = events.recv().await {
@@ -28,7 +31,10 @@ pub async fn write_log(path: &Path, mut events: mpsc::Receiver<Arc<EventRecord>>
     out.flush().await
 }
 
-async fn write_line(out: &mut BufWriter<tokio::fs::File>, event: &EventRecord) -> std::io::Result<()> {
+async fn write_line(
+    out: &mut BufWriter<tokio::fs::File>,
+    event: &EventRecord,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
     line.push(b'\n');
     out.write_all(&line).await

@@ -87,7 +87,11 @@ pub async fn drain(
     }
 }
 
-fn read_batch(ring: &mut RingBuf<MapData>, names: &Names, clock: &record::Clock) -> Vec<Arc<EventRecord>> {
+fn read_batch(
+    ring: &mut RingBuf<MapData>,
+    names: &Names,
+    clock: &record::Clock,
+) -> Vec<Arc<EventRecord>> {
     let mut raw = Vec::new();
     while let Some(item) = ring.next() {
         match parse_event(&item) {

@@ -125,7 +125,7 @@ fn hook_name(value: u8) -> &'static str {
     }
 }
 
-fn protocol_name(value: u8) -> &'static str {
+pub fn protocol_name(value: u8) -> &'static str {
     match value {
         protocol::TCP => "tcp",
         protocol::UDP => "udp",

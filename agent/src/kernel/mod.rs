@@ -13,9 +13,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gridward_common::{
-    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey,
-    PairStats, RULE_KEY_BYTES, RULE_KEY_FIXED_BITS, RuleEntry, SLOTS, SlotInfo, SockTag, maps,
-    rule_key_data, stat,
+    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey, PairStats,
+    RULE_KEY_BYTES, RULE_KEY_FIXED_BITS, RuleEntry, SLOTS, SlotInfo, SockTag, maps, rule_key_data,
+    stat,
 };
 
 use crate::policy::{CompiledPolicy, PolicyDiff, RuleKey};
@@ -77,10 +77,6 @@ impl KernelMaps {
     pub fn active_slot(&self) -> Result<u32> {
         let active = self.active.get(&0, 0).map_err(read(maps::ACTIVE))?;
         Ok(active.slot & 1)
-    }
-
-    pub fn revision(&self, slot: u32) -> Result<u32> {
-        Ok(self.slots.get(&slot, 0).map_err(read(maps::SLOTS))?.revision)
     }
 
     /// Fills the inactive slot with `policy` and the cgroups' identities under
@@ -164,7 +160,11 @@ impl KernelMaps {
     }
 
     /// Records a listener that existed before the programs were attached.
-    pub fn record_existing_listener(&mut self, key: ListenerKey, entry: ListenerEntry) -> Result<()> {
+    pub fn record_existing_listener(
+        &mut self,
+        key: ListenerKey,
+        entry: ListenerEntry,
+    ) -> Result<()> {
         self.listeners.insert(key, entry, 0).map_err(write(maps::LISTENERS))?;
         self.bound.insert(entry.socket_cookie, key, 0).map_err(write(maps::BOUND))
     }
@@ -188,15 +188,25 @@ impl KernelMaps {
         self.listeners.keys().count()
     }
 
-    fn write_identities(&mut self, slot: u32, entries: impl Iterator<Item = (u32, u32)>) -> Result<()> {
+    fn write_identities(
+        &mut self,
+        slot: u32,
+        entries: impl Iterator<Item = (u32, u32)>,
+    ) -> Result<()> {
         for (identity, flags) in entries {
             let key = IdentKey { slot, identity };
-            self.identities.insert(key, IdentEntry { flags }, 0).map_err(write(maps::IDENTITIES))?;
+            self.identities
+                .insert(key, IdentEntry { flags }, 0)
+                .map_err(write(maps::IDENTITIES))?;
         }
         Ok(())
     }
 
-    fn write_rules(&mut self, slot: u32, entries: impl Iterator<Item = (RuleKey, u32)>) -> Result<()> {
+    fn write_rules(
+        &mut self,
+        slot: u32,
+        entries: impl Iterator<Item = (RuleKey, u32)>,
+    ) -> Result<()> {
         for (key, rule_id) in entries {
             let entry = RuleEntry { rule_id, flags: 0 };
             self.rules.insert(&rule_key(slot, &key), entry, 0).map_err(write(maps::RULES))?;

@@ -80,7 +80,11 @@ pub fn load(paths: &ScopePaths) -> Result<Ebpf, LoaderError> {
     Ok(ebpf)
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &'static str, is_sock_addr: bool) -> Result<(), LoaderError> {
+fn load_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    is_sock_addr: bool,
+) -> Result<(), LoaderError> {
     let program = ebpf.program_mut(name).ok_or(LoaderError::MissingProgram { name })?;
     let refused = |source: ProgramError| LoaderError::Program { name, source: Box::new(source) };
     if is_sock_addr {
@@ -130,12 +134,14 @@ fn attach_program(
         let program: &mut CgroupSockAddr = program.try_into().map_err(refused)?;
         let id = program.attach(cgroup, mode).map_err(refused)?;
         let link = program.take_link(id).map_err(refused)?;
-        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source: Box::new(source) })
+        FdLink::try_from(link)
+            .map_err(|source| LoaderError::Link { name, source: Box::new(source) })
     } else {
         let program: &mut CgroupSock = program.try_into().map_err(refused)?;
         let id = program.attach(cgroup, mode).map_err(refused)?;
         let link = program.take_link(id).map_err(refused)?;
-        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source: Box::new(source) })
+        FdLink::try_from(link)
+            .map_err(|source| LoaderError::Link { name, source: Box::new(source) })
     }
 }
 

@@ -98,9 +98,7 @@ fn mount_bpffs(path: &Path) -> Result<(), MountError> {
     let fs = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings for the call's
     // duration; a null data pointer is allowed.
-    let rc = unsafe {
-        libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(fail(io::Error::last_os_error()));
     }

@@ -138,14 +138,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let audit_path = config.audit_log.clone().unwrap_or_else(|| paths.audit_log());
     let api_path = config.api_socket.clone().unwrap_or_else(|| paths.api_socket());
 
-    let mut state = AgentState::new(config, config_path, scope_dir.clone(), kernel, Arc::clone(&names));
+    let mut state =
+        AgentState::new(config, config_path, scope_dir.clone(), kernel, Arc::clone(&names));
     state.install_full()?;
     let retired = loader::attach(&mut ebpf, &scope_dir, &paths)?;
     adopt_existing_sockets(&mut state);
     let watcher = start_watch(&mut state)?;
 
     let (events_tx, _) = broadcast::channel(events::OBSERVER_BUFFER);
-    let shared = Arc::new(Shared { state: Mutex::new(state), events: events_tx.clone(), paths: paths.clone(), cgroup_mount });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        events: events_tx.clone(),
+        paths: paths.clone(),
+        cgroup_mount,
+    });
     let listener = prepare_api(&api_path)?;
     let (audit_tx, audit_rx) = mpsc::channel(events::audit::QUEUE);
     prepare_dir(audit_path.parent().unwrap_or(Path::new("/")))?;
@@ -217,14 +223,19 @@ fn check_overlap(bpffs: &Path, scope: &str) -> Result<(), RunError> {
 fn prepare_dir(path: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::DirBuilderExt;
     let fail = |source| RunError::Prepare { path: path.to_owned(), source };
-    std::fs::DirBuilder::new().recursive(true).mode(paths::PRIVATE_DIR_MODE).create(path).map_err(fail)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(paths::PRIVATE_DIR_MODE)
+        .create(path)
+        .map_err(fail)
 }
 
 /// Holds an exclusive lock for the scope for the agent's life.
 fn lock_scope(paths: &ScopePaths) -> Result<File, RunError> {
     prepare_dir(&paths.runtime)?;
     let lock = paths.lock_file();
-    let file = File::create(&lock).map_err(|source| RunError::Prepare { path: lock.clone(), source })?;
+    let file =
+        File::create(&lock).map_err(|source| RunError::Prepare { path: lock.clone(), source })?;
     // SAFETY: the descriptor is valid for the duration of the call.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -274,7 +285,8 @@ fn adopt_socket(state: &mut AgentState, socket: &ExistingSocket, tag: SockTag, n
 }
 
 fn start_watch(state: &mut AgentState) -> Result<TreeWatcher, RunError> {
-    let mut watcher = TreeWatcher::new(&state.scope_dir).map_err(|source| RunError::Watch { source })?;
+    let mut watcher =
+        TreeWatcher::new(&state.scope_dir).map_err(|source| RunError::Watch { source })?;
     let known: Vec<String> = state.cgroups.keys().cloned().collect();
     for path in &known {
         watcher.watch(path).map_err(|source| RunError::Watch { source })?;
@@ -323,7 +335,11 @@ fn apply_change(watcher: &mut TreeWatcher, state: &mut AgentState, change: TreeC
         TreeChange::Removed(path) => state.cgroup_removed(&path),
         TreeChange::Overflow => {
             tracing::warn!("cgroup watch overflowed; rescanning the scope");
-            state.install_full()
+            state.install_full().map(|()| {
+                for path in state.cgroups.keys() {
+                    let _ = watcher.watch(path);
+                }
+            })
         }
     };
     if let Err(error) = result {

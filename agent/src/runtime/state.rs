@@ -60,7 +60,13 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn new(config: Config, config_path: Option<PathBuf>, scope_dir: PathBuf, maps: KernelMaps, names: Names) -> Self {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        scope_dir: PathBuf,
+        maps: KernelMaps,
+        names: Names,
+    ) -> Self {
         let classifier = Classifier::new(&config);
         let subtrees = classifier.managed_subtrees();
         Self {
@@ -87,7 +93,9 @@ impl AgentState {
         let mut live = BTreeMap::new();
         for cgroup in &found {
             let state = self.classify(cgroup);
-            if let (Some(number), Some(id), Some(mode)) = (state.identity, &state.spiffe_id, state.mode) {
+            if let (Some(number), Some(id), Some(mode)) =
+                (state.identity, &state.spiffe_id, state.mode)
+            {
                 let entry = live.entry(number).or_insert((id.clone(), mode, 0));
                 entry.2 += 1;
             }
@@ -108,7 +116,14 @@ impl AgentState {
         self.compiled = compiled;
         self.revision = revision;
         self.refresh_names();
-        tracing::info!(revision, slot, workloads = self.live.len(), cgroups = self.cgroups.len(), rules = self.compiled.rules.len(), "policy installed");
+        tracing::info!(
+            revision,
+            slot,
+            workloads = self.live.len(),
+            cgroups = self.cgroups.len(),
+            rules = self.compiled.rules.len(),
+            "policy installed"
+        );
         Ok(())
     }
 
@@ -148,7 +163,8 @@ impl AgentState {
 
     fn add_cgroup(&mut self, cgroup: &Cgroup) -> Result<(), StateError> {
         let state = self.classify(cgroup);
-        if let (Some(number), Some(id), Some(mode)) = (state.identity, &state.spiffe_id, state.mode) {
+        if let (Some(number), Some(id), Some(mode)) = (state.identity, &state.spiffe_id, state.mode)
+        {
             let known = self.live.contains_key(&number);
             let entry = self.live.entry(number).or_insert((id.clone(), mode, 0));
             entry.2 += 1;
@@ -217,7 +233,13 @@ impl AgentState {
 
     fn classify(&mut self, cgroup: &Cgroup) -> CgroupState {
         let managed = self.subtrees.iter().any(|root| paths::is_within(&cgroup.path, root));
-        let mut state = CgroupState { id: cgroup.id, identity: None, spiffe_id: None, mode: None, problem: None };
+        let mut state = CgroupState {
+            id: cgroup.id,
+            identity: None,
+            spiffe_id: None,
+            mode: None,
+            problem: None,
+        };
         match self.classifier.classify(&cgroup.path) {
             Classification::Workload { id, mode, .. } => {
                 state.identity = Some(self.identities.get_or_assign(&id));
@@ -225,7 +247,11 @@ impl AgentState {
                 state.mode = Some(mode);
             }
             Classification::Invalid { reason } => {
-                tracing::warn!(path = cgroup.path, reason, "managed cgroup cannot be named; held as unclassified");
+                tracing::warn!(
+                    path = cgroup.path,
+                    reason,
+                    "managed cgroup cannot be named; held as unclassified"
+                );
                 state.identity = Some(identity::UNCLASSIFIED);
                 state.problem = Some(reason);
             }
@@ -235,7 +261,10 @@ impl AgentState {
         state
     }
 
-    fn write_subtrees(&mut self, cgroups: &BTreeMap<String, CgroupState>) -> Result<(), StateError> {
+    fn write_subtrees(
+        &mut self,
+        cgroups: &BTreeMap<String, CgroupState>,
+    ) -> Result<(), StateError> {
         let ids: Vec<u64> =
             self.subtrees.iter().filter_map(|root| cgroups.get(root).map(|c| c.id)).collect();
         self.maps.set_subtrees(&ids)?;
@@ -244,7 +273,10 @@ impl AgentState {
 
     /// Removes entries for cgroups that no longer exist (left by an earlier
     /// agent, or removed while no agent ran).
-    fn prune_stale_cgroups(&mut self, current: &BTreeMap<String, CgroupState>) -> Result<(), StateError> {
+    fn prune_stale_cgroups(
+        &mut self,
+        current: &BTreeMap<String, CgroupState>,
+    ) -> Result<(), StateError> {
         let present: std::collections::HashSet<u64> =
             current.values().filter(|c| c.identity.is_some()).map(|c| c.id).collect();
         for id in self.maps.cgroup_ids() {
@@ -281,6 +313,10 @@ impl AgentState {
         self.live.iter().map(|(n, (id, mode, count))| (*n, id, *mode, *count))
     }
 
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     pub fn subtrees(&self) -> &[String] {
         &self.subtrees
     }
@@ -294,6 +330,11 @@ fn live_modes(live: &BTreeMap<u32, (SpiffeId, Mode, usize)>) -> BTreeMap<u32, (S
     live.iter().map(|(n, (id, mode, _))| (*n, (id.clone(), *mode))).collect()
 }
 
-fn compile(config: &Config, revision: u32, live: &BTreeMap<u32, (SpiffeId, Mode, usize)>) -> Result<CompiledPolicy, StateError> {
-    policy::compile(config, revision, &live_modes(live)).map_err(|source| StateError::Compile { source })
+fn compile(
+    config: &Config,
+    revision: u32,
+    live: &BTreeMap<u32, (SpiffeId, Mode, usize)>,
+) -> Result<CompiledPolicy, StateError> {
+    policy::compile(config, revision, &live_modes(live))
+        .map_err(|source| StateError::Compile { source })
 }

@@ -27,7 +27,22 @@ pub struct Status {
     pub rule_entries: usize,
     pub listeners: usize,
     pub counters: Vec<Counter>,
+    /// The busiest identity pairs by exact kernel count.
+    pub pairs: Vec<PairCount>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairCount {
+    pub src: String,
+    pub dst: String,
+    pub port: u16,
+    pub protocol: String,
+    pub verdict: String,
+    pub count: u64,
+}
+
+/// How many pairs `status` lists.
+const TOP_PAIRS: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkloadStatus {
@@ -53,7 +68,8 @@ impl Status {
                 spiffe_id: id.to_string(),
                 mode: mode_name(mode).to_owned(),
                 cgroups,
-                ingress_isolated: flags(number) & gridward_common::ident_flags::ISOLATED_INGRESS != 0,
+                ingress_isolated: flags(number) & gridward_common::ident_flags::ISOLATED_INGRESS
+                    != 0,
                 egress_isolated: flags(number) & gridward_common::ident_flags::ISOLATED_EGRESS != 0,
             })
             .collect();
@@ -83,6 +99,7 @@ impl Status {
             rule_entries: state.compiled.rules.len(),
             listeners: state.maps.listener_count(),
             counters: counters(state),
+            pairs: top_pairs(state),
         }
     }
 }
@@ -113,4 +130,22 @@ fn counters(state: &AgentState) -> Vec<Counter> {
         out.push(Counter { name, value: value(stat::REASON_BASE + u32::from(r)) });
     }
     out
+}
+
+fn top_pairs(state: &AgentState) -> Vec<PairCount> {
+    let mut pairs = state.maps.pair_counts();
+    pairs.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.count));
+    let Ok(names) = state.names().read() else { return Vec::new() };
+    pairs
+        .into_iter()
+        .take(TOP_PAIRS)
+        .map(|(key, stats)| PairCount {
+            src: names.identity(key.src_identity),
+            dst: names.identity(key.dst_identity),
+            port: key.port,
+            protocol: record::protocol_name(key.protocol).to_owned(),
+            verdict: record::verdict_name(key.verdict).to_owned(),
+            count: stats.count,
+        })
+        .collect()
 }

@@ -101,39 +101,12 @@ pub fn join(root: &Path, rel: &str) -> PathBuf {
     if trimmed.is_empty() { root.to_owned() } else { root.join(trimmed) }
 }
 
-/// The scope-relative path of the cgroup a process is in, if it lies inside
-/// the scope. `scope` is relative to the cgroup2 mount.
-pub fn process_cgroup(pid: u32, scope: &str) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let Some(path) = text.lines().find_map(|line| line.strip_prefix("0::")) else {
-        return Ok(None);
-    };
-    Ok(relative_to_scope(path.trim_end(), scope))
-}
-
-/// A cgroup2 path seen from the mount, made relative to `scope`.
-pub fn relative_to_scope(path: &str, scope: &str) -> Option<String> {
-    if scope == "/" {
-        return Some(path.to_owned());
-    }
-    let rest = path.strip_prefix(scope)?;
-    match rest {
-        "" => Some("/".to_owned()),
-        r if r.starts_with('/') => Some(r.to_owned()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn scope_relative_paths() {
-        assert_eq!(relative_to_scope("/a/b", "/"), Some("/a/b".into()));
-        assert_eq!(relative_to_scope("/gw/x/y", "/gw"), Some("/x/y".into()));
-        assert_eq!(relative_to_scope("/gw", "/gw"), Some("/".into()));
-        assert_eq!(relative_to_scope("/gwx/y", "/gw"), None);
+    fn child_paths_join_with_one_slash() {
         assert_eq!(child_path("/", "a"), "/a");
         assert_eq!(child_path("/a", "b"), "/a/b");
     }

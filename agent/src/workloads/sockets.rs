@@ -187,8 +187,7 @@ fn netlink_error(payload: &[u8]) -> io::Error {
 }
 
 fn u32_at(buf: &[u8], offset: usize) -> u32 {
-    buf.get(offset..offset + 4)
-        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    buf.get(offset..offset + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 const fn align4(len: usize) -> usize {

@@ -62,7 +62,9 @@ fn outcome_word(outcome: &std::io::Result<()>) -> String {
         Ok(()) => "ok".into(),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => "denied".into(),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => "refused".into(),
-        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => "timeout".into(),
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            "timeout".into()
+        }
         Err(e) => format!("error {e}"),
     }
 }
@@ -70,10 +72,8 @@ fn outcome_word(outcome: &std::io::Result<()>) -> String {
 fn serve_tcp(addr: &str) -> Result<bool> {
     let listener = TcpListener::bind(parse(addr)?).map_err(|e| e.to_string())?;
     println!("listening {}", listener.local_addr().map_err(|e| e.to_string())?);
-    for stream in listener.incoming() {
-        if let Ok(mut stream) = stream {
-            let _ = stream.write_all(b"ok\n");
-        }
+    for mut stream in listener.incoming().flatten() {
+        let _ = stream.write_all(b"ok\n");
     }
     Ok(true)
 }
