@@ -8,7 +8,7 @@
 pub mod ca;
 pub mod leaf;
 // pub mod rotation;
-// pub mod source;
+pub mod source;
 pub mod svid;
 pub mod verify;
 

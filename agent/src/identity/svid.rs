@@ -121,6 +121,23 @@ impl X509Svid {
         self.not_before + lifetime / 2
     }
 
+    /// The chain as PEM text, leaf first.
+    pub fn chain_pem(&self) -> String {
+        let blocks: Vec<pem::Pem> =
+            self.chain.iter().map(|der| pem::Pem::new("CERTIFICATE", der.as_ref())).collect();
+        pem::encode_many(&blocks)
+    }
+
+    /// The private key as PEM text; handle it as the secret it is.
+    pub fn key_pem(&self) -> String {
+        let tag = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        pem::encode(&pem::Pem::new(tag, self.key.secret_der()))
+    }
+
     /// The chain and key in the form rustls signs handshakes with.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, SvidError> {
         let provider = rustls::crypto::ring::default_provider();
