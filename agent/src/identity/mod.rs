@@ -7,7 +7,7 @@
 
 pub mod ca;
 pub mod leaf;
-// pub mod rotation;
+pub mod rotation;
 pub mod source;
 pub mod svid;
 pub mod verify;
