@@ -79,12 +79,16 @@ impl X509Svid {
     pub(crate) fn unchecked(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-        id: SpiffeId,
+        placeholder: SpiffeId,
     ) -> Self {
+        // Take what the leaf states where it can be read; `placeholder`
+        // stands in for an ID that is missing or invalid.
         let info = chain.first().and_then(|der| leaf::inspect(der).ok());
-        let (not_before, not_after) = match info {
-            Some(info) => (info.not_before, info.not_after),
-            None => (SystemTime::UNIX_EPOCH, SystemTime::now() + Duration::from_secs(3600)),
+        let (id, not_before, not_after) = match info {
+            Some(info) => (info.id, info.not_before, info.not_after),
+            None => {
+                (placeholder, SystemTime::UNIX_EPOCH, SystemTime::now() + Duration::from_secs(3600))
+            }
         };
         Self { id, chain, key, not_before, not_after }
     }
