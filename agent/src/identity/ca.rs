@@ -17,6 +17,7 @@ use rcgen::{
 };
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::leaf;
 use super::svid::{SvidError, TrustBundle, X509Svid};
 use super::verify::{self, Expectation, VerifyError};
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -50,6 +51,8 @@ pub enum CaError {
     ForeignId { id: SpiffeId, trust_domain: TrustDomain },
     #[error("cannot build a SPIFFE ID in this CA's trust domain")]
     BadId { source: crate::spiffe::SpiffeIdError },
+    #[error("the CA in {path} is for {found:?}, not trust domain {expected}")]
+    WrongDomain { path: PathBuf, expected: TrustDomain, found: Option<String> },
     #[error("the requested validity window is empty")]
     EmptyWindow,
     #[error("the issued SVID is unusable")]
@@ -102,7 +105,8 @@ impl BuiltinCa {
         let bundle_path = dir.join(BUNDLE_FILE);
         fs::write(&bundle_path, cert_pem)
             .map_err(|source| io_error("write", &bundle_path, source))?;
-        tracing::info!(dir = %dir.display(), trust_domain = %ca.trust_domain, "built-in CA created");
+        let trust_domain = &ca.trust_domain;
+        tracing::info!(dir = %dir.display(), %trust_domain, "built-in CA created");
         Ok(ca)
     }
 
@@ -119,6 +123,7 @@ impl BuiltinCa {
         let root = bundle.roots().first().ok_or(CaError::Svid {
             source: SvidError::NoCertificate { what: "the trust bundle" },
         })?;
+        check_root_domain(root, &trust_domain, &bundle_path)?;
         let issuer = Issuer::from_ca_cert_der(root, key)
             .map_err(|source| CaError::Generate { step: "reading the CA certificate", source })?;
         let ca = Self { trust_domain, issuer, bundle };
@@ -191,6 +196,20 @@ impl BuiltinCa {
         verify::verify_svid_chain(&self.bundle, probe.chain(), &expect, SystemTime::now())
             .map(drop)
             .map_err(|source| CaError::Mismatch { source })
+    }
+}
+
+/// The root names its trust domain in a URI SAN (`spiffe://<domain>`);
+/// loading it for another domain is an operator mistake worth stopping.
+fn check_root_domain(root: &[u8], expected: &TrustDomain, path: &Path) -> Result<(), CaError> {
+    let found = leaf::root_spiffe_id(root);
+    match found.and_then(|id| TrustDomain::parse(id.trust_domain()).ok()) {
+        Some(found) if found == *expected => Ok(()),
+        found => Err(CaError::WrongDomain {
+            path: path.to_owned(),
+            expected: expected.clone(),
+            found: found.map(|d| d.to_string()),
+        }),
     }
 }
 
@@ -301,6 +320,10 @@ mod tests {
 
         let loaded = BuiltinCa::load(dir.path(), domain()).expect("load");
         assert_eq!(loaded.bundle(), ca.bundle());
+        assert_eq!(loaded.trust_domain(), &domain());
+        let other = TrustDomain::parse("other.test").expect("valid");
+        let wrong = BuiltinCa::load(dir.path(), other);
+        assert!(matches!(wrong, Err(CaError::WrongDomain { .. })), "{wrong:?}");
 
         let replaced = BuiltinCa::init(dir.path(), domain(), InitMode::Overwrite).expect("init");
         assert_ne!(fs::read(&key_path).expect("read key"), key_before);

@@ -52,9 +52,15 @@ pub fn inspect(der: &[u8]) -> Result<LeafInfo, LeafError> {
     })
 }
 
+/// The SPIFFE ID in a CA certificate's URI SAN, if it has exactly one
+/// valid one; the built-in CA names its trust domain that way.
+pub fn root_spiffe_id(der: &[u8]) -> Option<SpiffeId> {
+    spiffe_id(&parse(der).ok()?).ok()
+}
+
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, LeafError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => {
             Err(LeafError::Malformed { reason: "trailing bytes after the certificate".into() })
         }

@@ -12,7 +12,5 @@ pub mod source;
 pub mod svid;
 pub mod verify;
 
-pub use svid::X509Svid;
-
 #[cfg(test)]
 pub(crate) mod testing;

@@ -244,7 +244,8 @@ impl RotationManager {
             Err(err) => {
                 state.bundle_failures = state.bundle_failures.saturating_add(1);
                 state.bundle_next = now + self.retry.delay(state.bundle_failures);
-                tracing::warn!(error = %err, failures = state.bundle_failures, "bundle fetch failed");
+                let failures = state.bundle_failures;
+                tracing::warn!(error = %err, failures, "bundle fetch failed");
                 false
             }
         };

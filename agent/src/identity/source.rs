@@ -40,8 +40,6 @@ pub enum SourceError {
     IdMismatch { path: PathBuf, expected: SpiffeId, found: SpiffeId },
     #[error("the SVID in {path} does not verify against the trust bundle")]
     Untrusted { path: PathBuf, source: VerifyError },
-    #[error("this source does not serve {id}")]
-    NotServed { id: SpiffeId },
     #[error("the source is unavailable: {reason}")]
     Unavailable { reason: String },
 }
@@ -141,9 +139,12 @@ pub struct FileSource {
     cache: Mutex<FileCache>,
 }
 
+/// The bytes of a cert and key file, and the SVID parsed from them.
+type CachedSvid = (Vec<u8>, Vec<u8>, Arc<X509Svid>);
+
 #[derive(Debug, Default)]
 struct FileCache {
-    svids: HashMap<PathBuf, (Vec<u8>, Vec<u8>, Arc<X509Svid>)>,
+    svids: HashMap<PathBuf, CachedSvid>,
     bundle: Option<(Vec<u8>, Arc<TrustBundle>)>,
 }
 

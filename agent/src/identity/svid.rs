@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
@@ -141,14 +140,6 @@ impl X509Svid {
         };
         pem::encode(&pem::Pem::new(tag, self.key.secret_der()))
     }
-
-    /// The chain and key in the form rustls signs handshakes with.
-    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, SvidError> {
-        let provider = rustls::crypto::ring::default_provider();
-        CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider)
-            .map(Arc::new)
-            .map_err(|source| SvidError::KeyMismatch { source })
-    }
 }
 
 impl fmt::Debug for X509Svid {
@@ -231,4 +222,50 @@ fn certs_from_pem(
 
 fn read(path: &Path) -> Result<Vec<u8>, SvidError> {
     std::fs::read(path).map_err(|source| SvidError::Read { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::testing::{Forge, id};
+
+    #[test]
+    fn reads_svids_and_bundles_from_pem_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let forge = Forge::new("grid.test");
+        let svid = forge.valid("spiffe://grid.test/payments");
+        let (cert, key) = (dir.path().join("svid.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, svid.chain_pem()).expect("write cert");
+        std::fs::write(&key, svid.key_pem()).expect("write key");
+        let loaded = X509Svid::from_pem_files(&cert, &key).expect("loads");
+        assert_eq!(loaded.id(), &id("spiffe://grid.test/payments"));
+        assert_eq!(loaded.chain(), svid.chain());
+        assert!(loaded.is_valid_at(SystemTime::now()));
+        assert!(loaded.renew_at() > loaded.not_before() && loaded.renew_at() < loaded.not_after());
+
+        let missing = X509Svid::from_pem_files(&dir.path().join("nope.pem"), &key);
+        assert!(
+            matches!(missing, Err(SvidError::Read { ref path, .. }) if path.ends_with("nope.pem"))
+        );
+        let swapped = X509Svid::from_pem_files(&key, &cert);
+        assert!(matches!(swapped, Err(SvidError::NoCertificate { .. })), "{swapped:?}");
+        let other = forge.valid("spiffe://grid.test/other");
+        std::fs::write(&key, other.key_pem()).expect("write key");
+        let mismatch = X509Svid::from_pem_files(&cert, &key);
+        assert!(matches!(mismatch, Err(SvidError::KeyMismatch { .. })), "{mismatch:?}");
+
+        let domain = TrustDomain::parse("grid.test").expect("valid");
+        assert!(matches!(
+            TrustBundle::from_pem(domain, b"no pem here"),
+            Err(SvidError::NoCertificate { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let svid = Forge::new("grid.test").valid("spiffe://grid.test/payments");
+        let shown = format!("{svid:?}");
+        assert!(shown.contains("spiffe://grid.test/payments"));
+        assert!(!shown.contains(&svid.key_pem()[28..60]), "key material leaked");
+    }
 }

@@ -118,7 +118,7 @@ impl ChainContext<'_> {
             self.bundle.anchors(),
             intermediates,
             now,
-            self.usage.clone(),
+            self.usage,
             None,
             None,
         )
@@ -322,7 +322,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::X509Svid;
+    use crate::identity::svid::X509Svid;
     use crate::identity::testing::{Forge, LeafSpec, id};
 
     const PAYMENTS: &str = "spiffe://grid.test/payments";
@@ -397,7 +397,8 @@ mod tests {
     #[test]
     fn refuses_bad_sans() {
         let forge = Forge::new("grid.test");
-        let cases: [(&[&str], fn(&VerifyError) -> bool); 6] = [
+        type Case = (&'static [&'static str], fn(&VerifyError) -> bool);
+        let cases: [Case; 6] = [
             (&["spiffe://grid.test/pay%6Dents"], |e| matches!(e, VerifyError::InvalidSan { .. })),
             (&["spiffe://grid.test/a/../payments"], |e| {
                 matches!(e, VerifyError::InvalidSan { .. })

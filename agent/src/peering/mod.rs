@@ -8,16 +8,13 @@
 //! presents that identity's SVID. Both sides check the other with
 //! [`crate::identity::verify`]. See docs/identity.md for the wire format.
 
-mod claims;
-mod handshake;
+pub mod claims;
+pub mod handshake;
 mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-pub use claims::{Claim, ClaimBook, ClaimLimits, ClaimsError, read_claims, write_claims};
-pub use handshake::{PeerSession, ServerSession, accept, connect, connect_over};
 
 use crate::identity::rotation::RotationManager;
 use crate::identity::svid::{TrustBundle, X509Svid};

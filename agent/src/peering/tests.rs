@@ -7,6 +7,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::claims::{Claim, ClaimBook, ClaimLimits, ClaimsError, read_claims, write_claims};
+use super::handshake::{accept, connect};
 use super::*;
 use crate::identity::testing::{Forge, LeafSpec, id};
 
@@ -65,8 +67,11 @@ fn with_uris(uris: &[&str]) -> LeafSpec {
     LeafSpec { uris: uris.iter().map(|u| (*u).to_owned()).collect(), ..LeafSpec::valid(PAYMENTS) }
 }
 
+/// A named bad certificate and a test for the reason it must be refused.
+type BadCase = (&'static str, X509Svid, fn(&VerifyError) -> bool);
+
 /// The bad certificates, each with the reason it must be refused for.
-fn bad_cases(forge: &Forge, uri: &str) -> Vec<(&'static str, X509Svid, fn(&VerifyError) -> bool)> {
+fn bad_cases(forge: &Forge, uri: &str) -> Vec<BadCase> {
     let other_ca = Forge::new("other.test");
     let pct = uri.replace("/payments", "/pay%6Dents").replace("/gateway", "/gate%77ay");
     vec![
@@ -263,7 +268,8 @@ async fn hostile_claim_frames_are_refused() {
     };
     let claim = |id: &str, addrs: &str| format!(r#"{{"id":"{id}","addresses":[{addrs}]}}"#);
     let good = claim(PAYMENTS, r#""10.0.0.1""#);
-    let cases: Vec<(Vec<u8>, fn(&ClaimsError) -> bool)> = vec![
+    type Case = (Vec<u8>, fn(&ClaimsError) -> bool);
+    let cases: Vec<Case> = vec![
         (u32::MAX.to_be_bytes().to_vec(), |e| matches!(e, ClaimsError::FrameTooLarge { .. })),
         (frame("{not json"), |e| matches!(e, ClaimsError::Json { .. })),
         (frame(&format!(r#"{{"version":1,"claims":[{good}],"extra":1}}"#)), |e| {
