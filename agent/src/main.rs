@@ -7,12 +7,12 @@ mod api;
 mod cli;
 mod config;
 mod events;
-#[cfg_attr(not(test), expect(dead_code, reason = "wired into the agent in a later change"))]
+#[cfg_attr(not(test), expect(dead_code, reason = "parts serve the Workload API, still to come"))]
 mod identity;
 mod kernel;
 mod loader;
 mod paths;
-#[cfg_attr(not(test), expect(dead_code, reason = "wired into the agent in a later change"))]
+#[cfg_attr(not(test), expect(dead_code, reason = "parts serve the Workload API, still to come"))]
 mod peering;
 mod policy;
 mod runtime;

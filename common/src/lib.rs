@@ -38,11 +38,12 @@ pub mod maps {
     pub const STATS: &str = "gw_stat_v1";
     pub const EVENTS: &str = "gw_event_v1";
     pub const BOUND: &str = "gw_bound_v1";
+    pub const AUTH: &str = "gw_auth_v1";
 
     /// Every map the agent pins, in one list.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CGROUPS, SUBTREES, SOCKETS, LISTENERS, IPCACHE, IDENTITIES, RULES, ACTIVE, SLOTS, PAIRS,
-        STATS, EVENTS, BOUND,
+        STATS, EVENTS, BOUND, AUTH,
     ];
 
     pub const CGROUPS_MAX: u32 = 65_536;
@@ -55,6 +56,8 @@ pub mod maps {
     pub const IDENTITIES_MAX: u32 = 2 * 131_072;
     pub const RULES_MAX: u32 = 2 * 524_288;
     pub const PAIRS_MAX: u32 = 65_536;
+    /// Authenticated identity pairs.
+    pub const AUTH_MAX: u32 = 65_536;
     /// Ring buffer size in bytes; a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -69,6 +72,7 @@ pub mod programs {
     pub const CONNECT6: &str = "gw_connect6";
     pub const SENDMSG4: &str = "gw_sendmsg4";
     pub const SENDMSG6: &str = "gw_sendmsg6";
+    pub const INGRESS: &str = "gw_ingress";
 }
 
 /// IP protocol numbers as the kernel uses them.
@@ -85,6 +89,8 @@ pub mod hook {
     pub const CONNECT6: u8 = 4;
     pub const SENDMSG4: u8 = 5;
     pub const SENDMSG6: u8 = 6;
+    /// A packet arriving from another host (cgroup_skb ingress).
+    pub const INGRESS: u8 = 7;
 }
 
 /// The outcome of judging one connection or datagram.
@@ -107,7 +113,9 @@ pub mod reason {
     pub const NO_INGRESS_RULE: u8 = 4;
     /// One end is a managed cgroup the agent has not classified yet.
     pub const UNCLASSIFIED: u8 = 5;
-    pub const COUNT: usize = 6;
+    /// A rule allows the pair only with mutual TLS, and no live proof exists.
+    pub const NO_AUTH: u8 = 6;
+    pub const COUNT: usize = 7;
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -240,8 +248,34 @@ pub const fn rule_key_data(
 pub struct RuleEntry {
     /// The policy's rule number (1-based); 0 is reserved for "no rule".
     pub rule_id: u32,
-    /// Reserved for rule flags (authentication); zero today.
+    /// [`rule_flags`] bits.
     pub flags: u32,
+}
+
+/// Flags of a rule entry ([`RuleEntry::flags`]).
+pub mod rule_flags {
+    /// The pair must hold a live entry in `AUTH` (proven by mutual TLS).
+    pub const REQUIRE_MTLS: u32 = 1;
+}
+
+/// Key of `AUTH`: an identity pair that proved itself with mutual TLS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AuthKey {
+    pub src_identity: u32,
+    pub dst_identity: u32,
+}
+
+/// Value of `AUTH`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthEntry {
+    /// Boot-time ns after which the proof no longer counts (the earlier of
+    /// the two certificates' expiry).
+    pub expires_ns: u64,
+    /// The peer agent's IPv4 address (network order), or 0 for a local pair.
+    pub peer: u32,
+    pub _pad: u32,
 }
 
 /// Value of `ACTIVE[0]`: the slot the kernel reads.
@@ -371,6 +405,8 @@ const _: () = {
     assert!(core::mem::size_of::<PairKey>() == 12);
     assert!(core::mem::size_of::<PairStats>() == 24);
     assert!(core::mem::size_of::<Event>() == 112);
+    assert!(core::mem::size_of::<AuthKey>() == 8);
+    assert!(core::mem::size_of::<AuthEntry>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -403,6 +439,8 @@ mod pod {
         PairKey,
         PairStats,
         Event,
+        AuthKey,
+        AuthEntry,
     );
 }
 

@@ -1,12 +1,14 @@
 //! The verdict for one (source, destination, port, protocol): pure map
 //! lookups, no side effects, so every hook decides the same way.
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use aya_ebpf::maps::lpm_trie::Key;
 use gridward_common::{
-    IdentKey, RULE_KEY_FIXED_BITS, direction, ident_flags, identity, reason, rule_key_data, verdict,
+    AuthKey, IdentKey, RULE_KEY_FIXED_BITS, direction, ident_flags, identity, reason, rule_flags,
+    rule_key_data, verdict,
 };
 
-use crate::maps::{IDENTITIES, RULES};
+use crate::maps::{AUTH, IDENTITIES, RULES};
 
 /// What was decided and why.
 pub struct Decision {
@@ -37,6 +39,15 @@ pub fn decide(slot: u32, src: u32, dst: u32, port: u16, protocol: u8) -> Decisio
     let egress = check(slot, direction::EGRESS, src, dst, port, protocol, src_flags);
     let ingress = check(slot, direction::INGRESS, src, dst, port, protocol, dst_flags);
     combine(egress, ingress)
+}
+
+/// The verdict for a packet from another host: only the destination's
+/// ingress side is judged here, the source's egress was its own host's job.
+#[inline(always)]
+pub fn decide_ingress(slot: u32, src: u32, dst: u32, port: u16, protocol: u8) -> Decision {
+    let dst_flags = flags_of(slot, dst);
+    let ingress = check(slot, direction::INGRESS, src, dst, port, protocol, dst_flags);
+    combine(Side::Open, ingress)
 }
 
 /// An enforcing refusal wins over an observing one; an observing refusal
@@ -73,11 +84,26 @@ fn check(slot: u32, dir: u8, src: u32, dst: u32, port: u16, protocol: u8, flags:
         return Side::Open;
     }
     let data = rule_key_data(slot as u8, dir, protocol, src, dst, port);
-    if let Some(rule) = RULES.get(Key::new(RULE_KEY_FIXED_BITS + 16, data)) {
-        return Side::Allowed { rule_id: rule.rule_id };
-    }
     let observe = flags & ident_flags::OBSERVE != 0;
-    Side::Refused { reason: refusal_reason(dir, src, dst), observe }
+    let Some(rule) = RULES.get(Key::new(RULE_KEY_FIXED_BITS + 16, data)) else {
+        return Side::Refused { reason: refusal_reason(dir, src, dst), observe };
+    };
+    if rule.flags & rule_flags::REQUIRE_MTLS != 0 && !authenticated(src, dst) {
+        return Side::Refused { reason: reason::NO_AUTH, observe };
+    }
+    Side::Allowed { rule_id: rule.rule_id }
+}
+
+/// Whether the pair holds a proof that has not expired.
+#[inline(always)]
+fn authenticated(src: u32, dst: u32) -> bool {
+    let key = AuthKey { src_identity: src, dst_identity: dst };
+    let Some(entry) = AUTH.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the helper takes
+    // no arguments.
+    unsafe { (*entry).expires_ns > bpf_ktime_get_boot_ns() }
 }
 
 #[inline(always)]

@@ -48,8 +48,13 @@ pub fn destination_identity(netns: u64, addr: &[u8; 16], port: u16, proto: u8, s
     if let Some(tag) = listener_tag(netns, addr, port, proto) {
         return identity_of(&tag, slot);
     }
-    let key = Key::new(128, *addr);
-    match IPCACHE.get(&key) {
+    address_identity(addr)
+}
+
+/// The identity the address map gives an address, or `world`.
+#[inline(always)]
+pub fn address_identity(addr: &[u8; 16]) -> u32 {
+    match IPCACHE.get(Key::new(128, *addr)) {
         Some(identity) => *identity,
         None => identity::WORLD,
     }

@@ -16,6 +16,7 @@ mod decide;
 mod listeners;
 mod maps;
 mod report;
+mod skb;
 mod sock;
 mod tag;
 

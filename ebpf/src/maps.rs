@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use gridward_common::{
-    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey, PairStats,
-    RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
+    ActiveSlot, AuthEntry, AuthKey, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey,
+    PairKey, PairStats, RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
 };
 
 /// Allocate entries on insert rather than up front: most tables stay small.
@@ -55,6 +55,10 @@ pub static ACTIVE: Array<ActiveSlot> = Array::pinned(1, 0);
 /// Per slot: the policy revision it holds.
 #[map(name = "gw_slot_v1")]
 pub static SLOTS: Array<SlotInfo> = Array::pinned(gridward_common::SLOTS as u32, 0);
+
+/// Identity pairs proven by mutual TLS, with the proof's expiry.
+#[map(name = "gw_auth_v1")]
+pub static AUTH: HashMap<AuthKey, AuthEntry> = HashMap::pinned(maps::AUTH_MAX, NO_PREALLOC);
 
 /// Exact per-pair counters behind rate-limited events.
 #[map(name = "gw_pair_v1")]

@@ -3,9 +3,7 @@
 //! and they are submitted without waking the reader (the agent polls), which
 //! is what keeps the cost of a connect low.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns,
-};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use gridward_common::{
     ALLOWED_PAIR_EVENT_INTERVAL_NS, Event, PAIR_EVENT_INTERVAL_NS, PairKey, PairStats, maps, stat,
@@ -29,8 +27,13 @@ pub struct Call {
     pub hook: u8,
     pub family: u8,
     pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub src_port: u16,
     pub dst_addr: [u8; 16],
     pub dst_port: u16,
+    /// The calling task, or zeros where there is none (packet hooks).
+    pub pid: u32,
+    pub comm: [u8; gridward_common::COMM_LEN],
     pub cgroup_id: u64,
     pub socket_cookie: u64,
     pub src_identity: u32,
@@ -103,14 +106,14 @@ fn emit(call: &Call, decision: &Decision, now: u64, repeats: u64) {
         cgroup_id: call.cgroup_id,
         socket_cookie: call.socket_cookie,
         repeats,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid: call.pid,
         src_identity: call.src_identity,
         dst_identity: call.dst_identity,
         rule_id: decision.rule_id,
         revision: call.revision,
-        src_addr: [0; 16],
+        src_addr: call.src_addr,
         dst_addr: call.dst_addr,
-        src_port: 0,
+        src_port: call.src_port,
         dst_port: call.dst_port,
         protocol: call.protocol,
         family: call.family,
@@ -118,7 +121,7 @@ fn emit(call: &Call, decision: &Decision, now: u64, repeats: u64) {
         verdict: decision.verdict,
         reason: decision.reason,
         _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; gridward_common::COMM_LEN]),
+        comm: call.comm,
     };
     entry.write(event);
     entry.submit(wakeup_flag());

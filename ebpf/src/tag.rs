@@ -5,7 +5,14 @@
 //! by the tag later, means that moving a process or passing a socket to
 //! another process changes nothing about who the socket speaks for.
 
-use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
+    },
+    programs::SkBuffContext,
+};
 use gridward_common::{SockTag, identity, stat};
 
 use crate::maps::{CGROUPS, SOCKETS, SUBTREES, count};
@@ -38,6 +45,28 @@ fn current_in_managed_subtree() -> bool {
         }
     }
     false
+}
+
+/// The tag of the socket a packet arrived for, from the socket's own cgroup
+/// (packet hooks run without a meaningful current task).
+#[inline(always)]
+pub fn tag_for_skb(ctx: &SkBuffContext) -> SockTag {
+    let skb = ctx.as_ptr().cast();
+    // SAFETY: the helper reads the cgroup of the packet's socket.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    let mut managed = false;
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: as above, for the socket cgroup's ancestors.
+        let ancestor = unsafe { bpf_skb_ancestor_cgroup_id(skb, level) };
+        if ancestor == 0 {
+            break;
+        }
+        if SUBTREES.get_ptr(ancestor).is_some() {
+            managed = true;
+            break;
+        }
+    }
+    SockTag { cgroup_id, managed: managed as u32, _pad: 0 }
 }
 
 /// The tag of an existing socket. A socket the programs never saw created

@@ -16,6 +16,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod net;
+
 /// Whether the test can touch the kernel; prints why not when it cannot.
 pub fn kernel_tests_enabled(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -226,16 +228,37 @@ impl Agent {
     }
 
     fn spawn(scope: &TestScope, config: PathBuf, socket: PathBuf, audit: PathBuf) -> Self {
-        let log =
-            scope.temp.join(format!("agent-{}.log", SCOPE_SEQ.fetch_add(1, Ordering::Relaxed)));
-        let child = Command::new(gridward_bin())
+        Self::spawn_in(scope, config, socket, audit, None)
+    }
+
+    fn spawn_in(
+        scope: &TestScope,
+        config: PathBuf,
+        socket: PathBuf,
+        audit: PathBuf,
+        netns: Option<&str>,
+    ) -> Self {
+        let seq = SCOPE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let log = scope.temp.join(format!("agent-{seq}.log"));
+        let mut command = Command::new(gridward_bin());
+        command
             .args(["run", "--config"])
             .arg(&config)
             .env("GRIDWARD_LOG", "info,gridward=debug")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(ns) = netns {
+            net::enter_netns(&mut command, ns);
+        }
+        let child = command.spawn().unwrap();
         Self { child: Some(child), config, socket, audit, log }
+    }
+
+    /// Starts an agent inside the network namespace `netns` (a host).
+    pub fn start_in(scope: &TestScope, policy: &str, netns: &str) -> Self {
+        let (config, socket, audit) = Self::write_config(scope, policy);
+        let agent = Self::spawn_in(scope, config, socket, audit, Some(netns));
+        agent.wait_ready();
+        agent
     }
 
     /// Starts a second agent process on the same config (after a kill).

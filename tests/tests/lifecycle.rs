@@ -48,7 +48,7 @@ fn kill_nine_and_restart_keep_enforcement_without_a_gap() {
     assert!(lateral.iter().all(|o| o == "denied"), "a lateral connect got through: {lateral:?}");
     assert!(allowed.iter().all(|o| o == "ok"), "an allowed connect failed: {allowed:?}");
     let log = agent.log_text();
-    assert!(log.contains("retired_links=8"), "the new agent must take over the old links:\n{log}");
+    assert!(log.contains("retired_links=9"), "the new agent must take over the old links:\n{log}");
 }
 
 /// Policy A: payments is ingress-isolated and accepts the gateway.

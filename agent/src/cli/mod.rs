@@ -1,5 +1,6 @@
 //! The command line: argument parsing and one function per command.
 
+mod ca;
 mod observe;
 mod status;
 
@@ -64,6 +65,9 @@ pub enum Command {
     /// Check or reload a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The built-in CA, and issuing SVIDs to files.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Detach the programs of a scope and remove its pins (root). Run it
     /// after stopping the agent to stop enforcement.
     Teardown {
@@ -153,6 +157,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
         Command::Policy(PolicyCommand::Reload { target }) => reload(&target.socket()?).await,
         Command::Teardown { target } => teardown(&target.scope()?),
+        Command::Ca(command) => ca::run(command),
     }
 }
 

@@ -53,6 +53,13 @@ fn print_text(s: &Status) {
             p.count, p.verdict, p.src, p.dst, p.port, p.protocol
         );
     }
+    if !s.proofs.is_empty() {
+        println!("proven pairs (mutual TLS)");
+    }
+    for p in &s.proofs {
+        let peer = if p.peer.is_empty() { "this host".to_owned() } else { p.peer.clone() };
+        println!("  {} -> {}  via {peer}, {} s left", p.src, p.dst, p.expires_in);
+    }
     println!("counters");
     for c in &s.counters {
         println!("  {:<28} {}", c.name, c.value);

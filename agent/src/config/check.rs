@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::locate::{Found, Seg};
 use super::raw::{RawConfig, RawRule, RawSelector};
-use super::{Config, Direction, Mode, Peer, Protocol, Rule, Selector};
+use super::{Auth, Config, Direction, Identity, Mode, Peer, Peering, Protocol, Rule, Selector};
 use crate::spiffe::TrustDomain;
 
 /// How many selector templates a "no selector gives this ID" message lists.
@@ -23,9 +23,16 @@ pub fn build(raw: RawConfig) -> Result<Config, Vec<Found>> {
         raw.workloads.unwrap_or_default().into_iter().map(selector).collect();
     let rules: Vec<Rule> = raw.rules.unwrap_or_default().into_iter().map(rule).collect();
 
+    let identity = raw.identity.map(|raw| Identity { source: raw.source.0, dir: raw.dir.0.0 });
+    let peering = raw.peering.map(|raw| Peering {
+        listen: raw.listen.0.0,
+        peers: raw.peers.into_iter().map(|peer| peer.0.0).collect(),
+    });
+
     let mut found = Vec::new();
     check_selectors(&trust_domain, &workloads, &mut found);
     check_rules(&trust_domain, &workloads, &rules, &mut found);
+    check_auth(&rules, identity.is_some(), &mut found);
     if !found.is_empty() {
         return Err(found);
     }
@@ -37,6 +44,8 @@ pub fn build(raw: RawConfig) -> Result<Config, Vec<Found>> {
         audit_log: raw.audit_log.map(|path| path.0.0),
         workloads,
         rules,
+        identity,
+        peering,
     })
 }
 
@@ -57,6 +66,7 @@ fn rule(raw: RawRule) -> Rule {
         ports: raw.ports.map(|ports| ports.into_iter().map(|range| range.0).collect()),
         protocol: raw.protocol.map_or(Protocol::default(), |protocol| protocol.0),
         direction: raw.direction.map_or(Direction::default(), |direction| direction.0),
+        auth: raw.auth.map_or(Auth::default(), |auth| auth.0),
     }
 }
 
@@ -128,6 +138,20 @@ fn check_rules(
                     found.push(Found::new(at, message));
                 }
             }
+        }
+    }
+}
+
+/// A rule that asks for mutual TLS needs a source of SVIDs.
+fn check_auth(rules: &[Rule], has_identity: bool, found: &mut Vec<Found>) {
+    if has_identity {
+        return;
+    }
+    for (index, rule) in rules.iter().enumerate() {
+        if rule.auth == Auth::Mtls {
+            let message = "auth: mtls needs SVIDs; add an `identity` section (source: builtin-ca \
+                           or files, and its dir)";
+            found.push(Found::new(path("rules", index, "auth"), message.to_owned()));
         }
     }
 }

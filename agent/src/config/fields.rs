@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::error::marked;
-use super::{Direction, Mode, Peer, PortRange, Protocol};
+use super::{Auth, Direction, Mode, Peer, PortRange, Protocol, SvidSourceKind};
 use crate::policy::{CgroupPattern, IdTemplate};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
@@ -110,6 +110,72 @@ impl ScalarField for Direction {
             "egress" => Ok(Direction::Egress),
             _ => Err(keyword_error(text, "direction", &["ingress", "egress"])),
         }
+    }
+}
+
+impl ScalarField for Auth {
+    const EXPECTING: &'static str = "none or mtls";
+    const EMPTY: &'static str = "the auth is empty; write none or mtls";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Auth::None),
+            "mtls" => Ok(Auth::Mtls),
+            _ => Err(keyword_error(text, "kind of auth", &["none", "mtls"])),
+        }
+    }
+}
+
+impl ScalarField for SvidSourceKind {
+    const EXPECTING: &'static str = "builtin-ca or files";
+    const EMPTY: &'static str = "the SVID source is empty; write builtin-ca or files";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "builtin-ca" => Ok(SvidSourceKind::BuiltinCa),
+            "files" => Ok(SvidSourceKind::Files),
+            _ => Err(keyword_error(text, "SVID source", &["builtin-ca", "files"])),
+        }
+    }
+}
+
+/// An absolute directory path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirPath(pub PathBuf);
+
+impl ScalarField for DirPath {
+    const EXPECTING: &'static str = "an absolute directory path";
+    const EMPTY: &'static str = "the directory is empty; write an absolute path";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err(format!(
+                "{text:?} is not an absolute path; write one that starts with '/'"
+            ));
+        }
+        if text.contains('\0') {
+            return Err("the path holds a NUL character".to_owned());
+        }
+        Ok(DirPath(PathBuf::from(text)))
+    }
+}
+
+/// An IP address and port, such as "192.0.2.1:7700" or "[2001:db8::1]:7700".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress(pub std::net::SocketAddr);
+
+impl ScalarField for PeerAddress {
+    const EXPECTING: &'static str = "an address and port such as \"192.0.2.1:7700\"";
+    const EMPTY: &'static str = "the address is empty; write one such as \"192.0.2.1:7700\"";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        let address: std::net::SocketAddr = text.parse().map_err(|_| {
+            format!("{text:?} is not an address and port; write one such as \"192.0.2.1:7700\"")
+        })?;
+        if address.port() == 0 {
+            return Err(format!("{text:?} has port 0; write the port the peer listens on"));
+        }
+        Ok(PeerAddress(address))
     }
 }
 

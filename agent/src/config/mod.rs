@@ -84,6 +84,43 @@ pub struct Config {
     pub workloads: Vec<Selector>,
     /// Rule `i` has rule id `i + 1`.
     pub rules: Vec<Rule>,
+    /// Where SVIDs come from; needed by rules with `auth: mtls`.
+    pub identity: Option<Identity>,
+    /// Agent-to-agent mutual TLS, for identities on other hosts.
+    pub peering: Option<Peering>,
+}
+
+/// Where the agent's SVIDs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub source: SvidSourceKind,
+    /// The built-in CA's directory, or the root of the per-identity files.
+    pub dir: PathBuf,
+}
+
+/// The kinds of SVID source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvidSourceKind {
+    /// The built-in CA of this host (`gridward ca init`); one host only.
+    BuiltinCa,
+    /// Files an external PKI writes: `<dir>/bundle.pem` and
+    /// `<dir>/<trust domain><path>/svid.pem` + `svid_key.pem`.
+    Files,
+}
+
+/// The peering listener and the peer agents to prove identities to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peering {
+    pub listen: std::net::SocketAddr,
+    pub peers: Vec<std::net::SocketAddr>,
+}
+
+/// Whether a rule needs the identity pair proven with mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    Mtls,
 }
 
 /// A workload selector: which cgroups, and what they are called.
@@ -112,6 +149,7 @@ pub struct Rule {
     pub ports: Option<Vec<PortRange>>,
     pub protocol: Protocol,
     pub direction: Direction,
+    pub auth: Auth,
 }
 
 /// One end of a rule.

@@ -7,8 +7,8 @@
 use serde::Deserialize;
 
 use super::error::{self, Problem};
-use super::fields::{Checked, FilePath, RuleName, Scope};
-use super::{Direction, Mode, Peer, PortRange, Protocol};
+use super::fields::{Checked, DirPath, FilePath, PeerAddress, RuleName, Scope};
+use super::{Auth, Direction, Mode, Peer, PortRange, Protocol, SvidSourceKind};
 use crate::policy::{CgroupPattern, IdTemplate};
 use crate::spiffe::TrustDomain;
 
@@ -28,6 +28,25 @@ pub struct RawConfig {
     pub workloads: Option<Vec<RawSelector>>,
     #[serde(default)]
     pub rules: Option<Vec<RawRule>>,
+    #[serde(default)]
+    pub identity: Option<RawIdentity>,
+    #[serde(default)]
+    pub peering: Option<RawPeering>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub source: Checked<SvidSourceKind>,
+    pub dir: Checked<DirPath>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeering {
+    pub listen: Checked<PeerAddress>,
+    #[serde(default)]
+    pub peers: Vec<Checked<PeerAddress>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +73,8 @@ pub struct RawRule {
     pub protocol: Option<Checked<Protocol>>,
     #[serde(default)]
     pub direction: Option<Checked<Direction>>,
+    #[serde(default)]
+    pub auth: Option<Checked<Auth>>,
 }
 
 /// Reads the document, stopping at the first error that serde meets.

@@ -160,7 +160,7 @@ fn unknown_fields_suggest_the_right_one() {
     assert_eq!(
         one_error(&yaml),
         "policy.yaml:8:5: rules[0].prots: unknown field `prots`; did you mean `ports`? the \
-         fields here are `name`, `from`, `to`, `ports`, `protocol`, `direction`"
+         fields here are `name`, `from`, `to`, `ports`, `protocol`, `direction`, `auth`"
     );
     let yaml = "trust_domain: d\nworkloads:\n  - cgroup: /a/<x>\n    spiffe-id: spiffe://d/<x>\n";
     assert_eq!(
@@ -172,12 +172,12 @@ fn unknown_fields_suggest_the_right_one() {
         one_error("trust_domain: d\nselectors: []\n"),
         "policy.yaml:2:1: selectors: unknown field `selectors`; did you mean `workloads`? the \
          fields here are `trust_domain`, `mode`, `scope`, `api_socket`, `audit_log`, \
-         `workloads`, `rules`"
+         `workloads`, `rules`, `identity`, `peering`"
     );
     assert_eq!(
         one_error("trust_domain: d\ncolour: blue\n"),
         "policy.yaml:2:1: colour: unknown field `colour`; the fields here are `trust_domain`, \
-         `mode`, `scope`, `api_socket`, `audit_log`, `workloads`, `rules`"
+         `mode`, `scope`, `api_socket`, `audit_log`, `workloads`, `rules`, `identity`, `peering`"
     );
 }
 

@@ -52,7 +52,8 @@ impl Clock {
     }
 }
 
-fn boottime_ns() -> u64 {
+/// Boot-time nanoseconds now (`CLOCK_BOOTTIME`, as `bpf_ktime_get_boot_ns`).
+pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is valid for writes; CLOCK_BOOTTIME always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
@@ -109,6 +110,7 @@ pub fn reason_name(value: u8) -> &'static str {
         reason::NO_EGRESS_RULE => "no-egress-rule",
         reason::NO_INGRESS_RULE => "no-ingress-rule",
         reason::UNCLASSIFIED => "unclassified",
+        reason::NO_AUTH => "no-auth",
         _ => "unknown",
     }
 }
@@ -121,6 +123,7 @@ fn hook_name(value: u8) -> &'static str {
         hook::SENDMSG6 => "sendmsg6",
         hook::POST_BIND => "bind",
         hook::SOCK_CREATE => "socket",
+        hook::INGRESS => "ingress",
         _ => "unknown",
     }
 }

@@ -13,9 +13,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gridward_common::{
-    ActiveSlot, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey, PairKey, PairStats,
-    RULE_KEY_BYTES, RULE_KEY_FIXED_BITS, RuleEntry, SLOTS, SlotInfo, SockTag, maps, rule_key_data,
-    stat,
+    ActiveSlot, AuthEntry, AuthKey, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey,
+    PairKey, PairStats, RULE_KEY_BYTES, RULE_KEY_FIXED_BITS, RuleEntry, SLOTS, SlotInfo, SockTag,
+    maps, rule_key_data, stat,
 };
 
 use crate::policy::{CompiledPolicy, PolicyDiff, RuleKey};
@@ -47,6 +47,8 @@ pub struct KernelMaps {
     slots: Array<MapData, SlotInfo>,
     pairs: HashMap<MapData, PairKey, PairStats>,
     stats: PerCpuArray<MapData, u64>,
+    auth: HashMap<MapData, AuthKey, AuthEntry>,
+    ipcache: LpmTrie<MapData, [u8; 16], u32>,
 }
 
 macro_rules! take {
@@ -71,6 +73,8 @@ impl KernelMaps {
             slots: take!(ebpf, maps::SLOTS),
             pairs: take!(ebpf, maps::PAIRS),
             stats: take!(ebpf, maps::STATS),
+            auth: take!(ebpf, maps::AUTH),
+            ipcache: take!(ebpf, maps::IPCACHE),
         })
     }
 
@@ -81,11 +85,17 @@ impl KernelMaps {
 
     /// Fills the inactive slot with `policy` and the cgroups' identities under
     /// it, then makes it the active slot. Returns the slot now active.
-    pub fn install(&mut self, policy: &CompiledPolicy, cgroups: &[(u64, u32)]) -> Result<u32> {
+    /// `rule_flags[i]` holds the flags of rule id `i + 1`.
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        rule_flags: &[u32],
+        cgroups: &[(u64, u32)],
+    ) -> Result<u32> {
         let pending = 1 - self.active_slot()?;
         self.clear_slot(pending)?;
         self.write_identities(pending, policy.identities.iter().map(|(id, f)| (*id, *f)))?;
-        self.write_rules(pending, policy.rules.iter().map(|(key, id)| (*key, *id)))?;
+        self.write_rules(pending, rule_flags, policy.rules.iter().map(|(key, id)| (*key, *id)))?;
         for (cgroup_id, identity) in cgroups {
             self.set_cgroup_slot(*cgroup_id, pending, *identity)?;
         }
@@ -99,10 +109,10 @@ impl KernelMaps {
 
     /// Applies an additive or subtractive change to the active slot.
     /// Additions land before any cgroup can carry them; removals after.
-    pub fn apply_diff(&mut self, diff: &PolicyDiff) -> Result<()> {
+    pub fn apply_diff(&mut self, diff: &PolicyDiff, rule_flags: &[u32]) -> Result<()> {
         let slot = self.active_slot()?;
         self.write_identities(slot, diff.identities_set.iter().copied())?;
-        self.write_rules(slot, diff.rules_set.iter().copied())?;
+        self.write_rules(slot, rule_flags, diff.rules_set.iter().copied())?;
         for key in &diff.rules_removed {
             ignore_missing(self.rules.remove(&rule_key(slot, key)), maps::RULES)?;
         }
@@ -169,6 +179,32 @@ impl KernelMaps {
         self.bound.insert(entry.socket_cookie, key, 0).map_err(write(maps::BOUND))
     }
 
+    /// Records a proven identity pair until `expires_ns` (boot time).
+    pub fn set_auth(&mut self, src: u32, dst: u32, expires_ns: u64, peer: u32) -> Result<()> {
+        let key = AuthKey { src_identity: src, dst_identity: dst };
+        let entry = AuthEntry { expires_ns, peer, _pad: 0 };
+        self.auth.insert(key, entry, 0).map_err(write(maps::AUTH))
+    }
+
+    pub fn remove_auth(&mut self, src: u32, dst: u32) -> Result<()> {
+        let key = AuthKey { src_identity: src, dst_identity: dst };
+        ignore_missing(self.auth.remove(&key), maps::AUTH)
+    }
+
+    /// Live and expired proofs, for status.
+    pub fn auth_entries(&self) -> Vec<(AuthKey, AuthEntry)> {
+        self.auth.iter().filter_map(|entry| entry.ok()).collect()
+    }
+
+    /// Maps one address (IPv4 mapped into IPv6) to an identity.
+    pub fn set_address(&mut self, addr: [u8; 16], identity: u32) -> Result<()> {
+        self.ipcache.insert(&Key::new(128, addr), identity, 0).map_err(write(maps::IPCACHE))
+    }
+
+    pub fn remove_address(&mut self, addr: [u8; 16]) -> Result<()> {
+        ignore_missing(self.ipcache.remove(&Key::new(128, addr)), maps::IPCACHE)
+    }
+
     /// Sums a per-CPU counter.
     pub fn counter(&self, index: u32) -> Result<u64> {
         let values = self.stats.get(&index, 0).map_err(read(maps::STATS))?;
@@ -205,10 +241,13 @@ impl KernelMaps {
     fn write_rules(
         &mut self,
         slot: u32,
+        rule_flags: &[u32],
         entries: impl Iterator<Item = (RuleKey, u32)>,
     ) -> Result<()> {
         for (key, rule_id) in entries {
-            let entry = RuleEntry { rule_id, flags: 0 };
+            let index = (rule_id as usize).wrapping_sub(1);
+            let flags = rule_flags.get(index).copied().unwrap_or(0);
+            let entry = RuleEntry { rule_id, flags };
             self.rules.insert(&rule_key(slot, &key), entry, 0).map_err(write(maps::RULES))?;
         }
         Ok(())

@@ -19,7 +19,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
         links::{FdLink, PinnedLink},
     },
 };
@@ -30,16 +30,25 @@ use crate::paths::ScopePaths;
 /// The eBPF object built from `ebpf/` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gridward.bpf.o"));
 
-/// Every program and whether it is a sock_addr (true) or sock (false) program.
-const PROGRAMS: [(&str, bool); 8] = [
-    (programs::SOCK_CREATE, false),
-    (programs::SOCK_RELEASE, false),
-    (programs::POST_BIND4, false),
-    (programs::POST_BIND6, false),
-    (programs::CONNECT4, true),
-    (programs::CONNECT6, true),
-    (programs::SENDMSG4, true),
-    (programs::SENDMSG6, true),
+/// The kinds of cgroup program the object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sock,
+    SockAddr,
+    SkbIngress,
+}
+
+/// Every program and its kind.
+const PROGRAMS: [(&str, Kind); 9] = [
+    (programs::SOCK_CREATE, Kind::Sock),
+    (programs::SOCK_RELEASE, Kind::Sock),
+    (programs::POST_BIND4, Kind::Sock),
+    (programs::POST_BIND6, Kind::Sock),
+    (programs::CONNECT4, Kind::SockAddr),
+    (programs::CONNECT6, Kind::SockAddr),
+    (programs::SENDMSG4, Kind::SockAddr),
+    (programs::SENDMSG6, Kind::SockAddr),
+    (programs::INGRESS, Kind::SkbIngress),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -74,25 +83,28 @@ pub fn load(paths: &ScopePaths) -> Result<Ebpf, LoaderError> {
         .default_map_pin_directory(&map_dir)
         .load(OBJECT)
         .map_err(|source| LoaderError::Load { source: Box::new(source) })?;
-    for (name, is_sock_addr) in PROGRAMS {
-        load_program(&mut ebpf, name, is_sock_addr)?;
+    for (name, kind) in PROGRAMS {
+        load_program(&mut ebpf, name, kind)?;
     }
     Ok(ebpf)
 }
 
-fn load_program(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    is_sock_addr: bool,
-) -> Result<(), LoaderError> {
+fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), LoaderError> {
     let program = ebpf.program_mut(name).ok_or(LoaderError::MissingProgram { name })?;
     let refused = |source: ProgramError| LoaderError::Program { name, source: Box::new(source) };
-    if is_sock_addr {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(refused)?;
-        program.load().map_err(refused)
-    } else {
-        let program: &mut CgroupSock = program.try_into().map_err(refused)?;
-        program.load().map_err(refused)
+    match kind {
+        Kind::SockAddr => {
+            let program: &mut CgroupSockAddr = program.try_into().map_err(refused)?;
+            program.load().map_err(refused)
+        }
+        Kind::Sock => {
+            let program: &mut CgroupSock = program.try_into().map_err(refused)?;
+            program.load().map_err(refused)
+        }
+        Kind::SkbIngress => {
+            let program: &mut CgroupSkb = program.try_into().map_err(refused)?;
+            program.load().map_err(refused)
+        }
     }
 }
 
@@ -106,8 +118,8 @@ pub fn attach(ebpf: &mut Ebpf, scope_dir: &Path, paths: &ScopePaths) -> Result<u
     let cgroup = File::open(scope_dir)
         .map_err(|source| LoaderError::OpenScope { path: scope_dir.to_owned(), source })?;
     let stamp = unique_stamp();
-    for (name, is_sock_addr) in PROGRAMS {
-        let link = attach_program(ebpf, name, is_sock_addr, &cgroup)?;
+    for (name, kind) in PROGRAMS {
+        let link = attach_program(ebpf, name, kind, &cgroup)?;
         // bpffs refuses names with a dot.
         let path = link_dir.join(format!("{name}-{stamp}"));
         link.pin(&path).map_err(|source| LoaderError::PinLink {
@@ -122,26 +134,31 @@ pub fn attach(ebpf: &mut Ebpf, scope_dir: &Path, paths: &ScopePaths) -> Result<u
 fn attach_program(
     ebpf: &mut Ebpf,
     name: &'static str,
-    is_sock_addr: bool,
+    kind: Kind,
     cgroup: &File,
 ) -> Result<FdLink, LoaderError> {
     let program = ebpf.program_mut(name).ok_or(LoaderError::MissingProgram { name })?;
     let refused = |source: ProgramError| LoaderError::Program { name, source: Box::new(source) };
+    let unpinnable = |source| LoaderError::Link { name, source: Box::new(source) };
     // cgroup links always run alongside other attachments (our own during a
     // handover, other tools' programs); the kernel refuses explicit flags.
     let mode = CgroupAttachMode::Single;
-    if is_sock_addr {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(refused)?;
-        let id = program.attach(cgroup, mode).map_err(refused)?;
-        let link = program.take_link(id).map_err(refused)?;
-        FdLink::try_from(link)
-            .map_err(|source| LoaderError::Link { name, source: Box::new(source) })
-    } else {
-        let program: &mut CgroupSock = program.try_into().map_err(refused)?;
-        let id = program.attach(cgroup, mode).map_err(refused)?;
-        let link = program.take_link(id).map_err(refused)?;
-        FdLink::try_from(link)
-            .map_err(|source| LoaderError::Link { name, source: Box::new(source) })
+    match kind {
+        Kind::SockAddr => {
+            let program: &mut CgroupSockAddr = program.try_into().map_err(refused)?;
+            let id = program.attach(cgroup, mode).map_err(refused)?;
+            FdLink::try_from(program.take_link(id).map_err(refused)?).map_err(unpinnable)
+        }
+        Kind::Sock => {
+            let program: &mut CgroupSock = program.try_into().map_err(refused)?;
+            let id = program.attach(cgroup, mode).map_err(refused)?;
+            FdLink::try_from(program.take_link(id).map_err(refused)?).map_err(unpinnable)
+        }
+        Kind::SkbIngress => {
+            let program: &mut CgroupSkb = program.try_into().map_err(refused)?;
+            let id = program.attach(cgroup, CgroupSkbAttachType::Ingress, mode).map_err(refused)?;
+            FdLink::try_from(program.take_link(id).map_err(refused)?).map_err(unpinnable)
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use gridward_common::ident_flags::{ISOLATED_EGRESS, ISOLATED_INGRESS, OBSERVE};
 use gridward_common::{direction, identity, protocol};
 
 use super::*;
-use crate::config::{self, Config, Direction, Mode, Peer, PortRange, Protocol, Rule};
+use crate::config::{self, Auth, Config, Direction, Mode, Peer, PortRange, Protocol, Rule};
 use crate::spiffe::SpiffeId;
 
 const HEAD: &str = r#"trust_domain: grid.local
@@ -241,7 +241,15 @@ fn config_of(rules: Vec<Rule>) -> Config {
 }
 
 fn rule(from: Vec<Peer>, to: Vec<Peer>, ports: Option<Vec<PortRange>>) -> Rule {
-    Rule { name: None, from, to, ports, protocol: Protocol::Tcp, direction: Direction::Ingress }
+    Rule {
+        name: None,
+        from,
+        to,
+        ports,
+        protocol: Protocol::Tcp,
+        direction: Direction::Ingress,
+        auth: Auth::None,
+    }
 }
 
 fn many(count: usize) -> BTreeMap<u32, (SpiffeId, Mode)> {
@@ -431,6 +439,7 @@ fn random_rule(rng: &mut Lcg) -> Rule {
         ports,
         protocol: [Protocol::Tcp, Protocol::Udp, Protocol::Any][rng.below(3)],
         direction: [Direction::Ingress, Direction::Egress][rng.below(2)],
+        auth: Auth::None,
     }
 }
 

@@ -5,6 +5,8 @@
 //! by an empty policy; the tree watch starts before the final rescan, so no
 //! cgroup created meanwhile is missed; "ready" is logged only after all that.
 
+mod addresses;
+mod mesh;
 mod state;
 pub mod status;
 
@@ -68,6 +70,8 @@ pub enum RunError {
     NoRing,
     #[error("cannot watch the cgroup tree")]
     Watch { source: std::io::Error },
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshError),
     #[error("cannot serve the API at {path}")]
     Api { path: PathBuf, source: std::io::Error },
 }
@@ -76,6 +80,8 @@ pub enum RunError {
 pub struct Shared {
     pub state: Mutex<AgentState>,
     pub events: broadcast::Sender<Arc<EventRecord>>,
+    pub audit: mpsc::Sender<Arc<EventRecord>>,
+    pub trust_domain: crate::spiffe::TrustDomain,
     pub paths: ScopePaths,
     pub cgroup_mount: PathBuf,
 }
@@ -83,6 +89,14 @@ pub struct Shared {
 impl Shared {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
         self.events.subscribe()
+    }
+
+    /// Sends an event the agent itself made (not the kernel) to observers
+    /// and the audit log.
+    pub fn publish(&self, event: EventRecord) {
+        let event = Arc::new(event);
+        let _ = self.events.send(Arc::clone(&event));
+        let _ = self.audit.try_send(event);
     }
 
     pub async fn status(&self) -> status::Status {
@@ -146,14 +160,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let watcher = start_watch(&mut state)?;
 
     let (events_tx, _) = broadcast::channel(events::OBSERVER_BUFFER);
+    let (audit_tx, audit_rx) = mpsc::channel(events::audit::QUEUE);
+    let mesh_config = state.config.clone();
     let shared = Arc::new(Shared {
+        trust_domain: state.config.trust_domain.clone(),
         state: Mutex::new(state),
         events: events_tx.clone(),
+        audit: audit_tx.clone(),
         paths: paths.clone(),
         cgroup_mount,
     });
     let listener = prepare_api(&api_path)?;
-    let (audit_tx, audit_rx) = mpsc::channel(events::audit::QUEUE);
     prepare_dir(audit_path.parent().unwrap_or(Path::new("/")))?;
 
     tokio::spawn(async move {
@@ -168,6 +185,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     });
     tokio::spawn(api::serve(listener, Arc::clone(&shared)));
+    mesh::start(Arc::clone(&shared), &mesh_config).await?;
     tokio::spawn(watch_tree(watcher, Arc::clone(&shared)));
 
     tracing::info!(

@@ -10,7 +10,7 @@ use std::{
 use gridward_common::identity;
 
 use crate::{
-    config::{Config, Mode},
+    config::{Auth, Config, Mode},
     events::Names,
     kernel::{KernelError, KernelMaps},
     paths,
@@ -54,6 +54,8 @@ pub struct AgentState {
     pub cgroups: BTreeMap<String, CgroupState>,
     /// identity number -> (SPIFFE ID, mode, cgroups carrying it)
     live: BTreeMap<u32, (SpiffeId, Mode, usize)>,
+    /// Identities proven to live on other hosts (numbered here like any).
+    remote: BTreeMap<u32, SpiffeId>,
     pub compiled: CompiledPolicy,
     pub revision: u32,
     names: Names,
@@ -79,6 +81,7 @@ impl AgentState {
             identities: IdentityTable::new(),
             cgroups: BTreeMap::new(),
             live: BTreeMap::new(),
+            remote: BTreeMap::new(),
             compiled: CompiledPolicy::default(),
             revision: 0,
             names,
@@ -102,12 +105,12 @@ impl AgentState {
             cgroups.insert(cgroup.path.clone(), state);
         }
         let revision = self.revision + 1;
-        let compiled = compile(&self.config, revision, &live)?;
+        let compiled = compile(&self.config, revision, &self.with_remote(&live))?;
 
         self.write_subtrees(&cgroups)?;
         let entries: Vec<(u64, u32)> =
             cgroups.values().filter_map(|c| c.identity.map(|n| (c.id, n))).collect();
-        let slot = self.maps.install(&compiled, &entries)?;
+        let slot = self.maps.install(&compiled, &self.rule_flags(), &entries)?;
         self.prune_stale_cgroups(&cgroups)?;
 
         self.retire_unused_numbers(&live);
@@ -197,7 +200,11 @@ impl AgentState {
             if state.identity.is_some() {
                 self.maps.remove_cgroup(state.id)?;
             }
-            identity_gone |= self.release_identity(state.identity);
+            if self.release_identity(state.identity) {
+                identity_gone = true;
+                // A workload that went away keeps no proof.
+                self.forget_proofs(state.identity);
+            }
         }
         if identity_gone {
             self.recompile_incremental()?;
@@ -219,14 +226,30 @@ impl AgentState {
         true
     }
 
+    fn forget_proofs(&mut self, number: Option<u32>) {
+        let Some(number) = number else { return };
+        let stale: Vec<(u32, u32)> = self
+            .maps
+            .auth_entries()
+            .iter()
+            .map(|(key, _)| (key.src_identity, key.dst_identity))
+            .filter(|(src, dst)| *src == number || *dst == number)
+            .collect();
+        for (src, dst) in stale {
+            if let Err(error) = self.maps.remove_auth(src, dst) {
+                tracing::warn!(error = %crate::error_chain(&error), "cannot remove a proof");
+            }
+        }
+    }
+
     /// Recompiles for the current identities and applies only the difference
     /// to the active slot.
     fn recompile_incremental(&mut self) -> Result<(), StateError> {
-        let live = live_modes(&self.live);
+        let live = live_modes(&self.with_remote(&self.live));
         let compiled = policy::compile(&self.config, self.revision, &live)
             .map_err(|source| StateError::Compile { source })?;
         let diff = self.compiled.diff(&compiled);
-        self.maps.apply_diff(&diff)?;
+        self.maps.apply_diff(&diff, &self.rule_flags())?;
         self.compiled = compiled;
         Ok(())
     }
@@ -298,6 +321,7 @@ impl AgentState {
     fn refresh_names(&self) {
         let Ok(mut book) = self.names.write() else { return };
         book.identities = self.live.iter().map(|(n, (id, _, _))| (*n, id.to_string())).collect();
+        book.identities.extend(self.remote.iter().map(|(n, id)| (*n, id.to_string())));
         book.cgroups = self.cgroups.iter().map(|(path, c)| (c.id, path.clone())).collect();
         let rule_names = self
             .config
@@ -311,6 +335,58 @@ impl AgentState {
 
     pub fn live_identities(&self) -> impl Iterator<Item = (u32, &SpiffeId, Mode, usize)> {
         self.live.iter().map(|(n, (id, mode, count))| (*n, id, *mode, *count))
+    }
+
+    /// The number of an identity proven on another host, adding it (and the
+    /// rules that name it) to the active policy the first time.
+    pub fn remote_identity(&mut self, id: &SpiffeId) -> Result<u32, StateError> {
+        let number = self.identities.get_or_assign(id);
+        if self.live.contains_key(&number) || self.remote.contains_key(&number) {
+            return Ok(number);
+        }
+        self.remote.insert(number, id.clone());
+        self.recompile_incremental()?;
+        self.refresh_names();
+        tracing::info!(identity = %id, number, "remote identity proven");
+        Ok(number)
+    }
+
+    /// The number of a local workload identity, if one is live.
+    pub fn local_number(&self, id: &SpiffeId) -> Option<u32> {
+        self.live.iter().find(|(_, (live, _, _))| live == id).map(|(n, _)| *n)
+    }
+
+    /// The number of a local or remote identity, if it has one.
+    pub fn known_number(&self, id: &SpiffeId) -> Option<u32> {
+        self.local_number(id)
+            .or_else(|| self.remote.iter().find(|(_, remote)| *remote == id).map(|(n, _)| *n))
+    }
+
+    /// The directories of the cgroups that carry a local identity.
+    pub fn cgroup_dirs_of(&self, id: &SpiffeId) -> Vec<PathBuf> {
+        self.cgroups
+            .iter()
+            .filter(|(_, c)| c.spiffe_id.as_ref() == Some(id))
+            .map(|(path, _)| workloads::join(&self.scope_dir, path))
+            .collect()
+    }
+
+    /// Flags of each rule, by rule id - 1.
+    pub fn rule_flags(&self) -> Vec<u32> {
+        let mtls = gridward_common::rule_flags::REQUIRE_MTLS;
+        self.config.rules.iter().map(|r| if r.auth == Auth::Mtls { mtls } else { 0 }).collect()
+    }
+
+    /// Local identities plus remote ones (which take the global mode).
+    fn with_remote(
+        &self,
+        live: &BTreeMap<u32, (SpiffeId, Mode, usize)>,
+    ) -> BTreeMap<u32, (SpiffeId, Mode, usize)> {
+        let mut all = live.clone();
+        for (number, id) in &self.remote {
+            all.entry(*number).or_insert((id.clone(), self.config.mode, 0));
+        }
+        all
     }
 
     pub fn names(&self) -> &Names {

@@ -29,6 +29,18 @@ pub struct Status {
     pub counters: Vec<Counter>,
     /// The busiest identity pairs by exact kernel count.
     pub pairs: Vec<PairCount>,
+    /// Identity pairs proven with mutual TLS, as the kernel holds them.
+    pub proofs: Vec<ProofStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProofStatus {
+    pub src: String,
+    pub dst: String,
+    /// Seconds until the proof lapses; 0 when it has.
+    pub expires_in: u64,
+    /// The peer agent's address, or empty for a pair proven on this host.
+    pub peer: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,6 +112,7 @@ impl Status {
             listeners: state.maps.listener_count(),
             counters: counters(state),
             pairs: top_pairs(state),
+            proofs: proofs(state),
         }
     }
 }
@@ -146,6 +159,25 @@ fn top_pairs(state: &AgentState) -> Vec<PairCount> {
             protocol: record::protocol_name(key.protocol).to_owned(),
             verdict: record::verdict_name(key.verdict).to_owned(),
             count: stats.count,
+        })
+        .collect()
+}
+
+fn proofs(state: &AgentState) -> Vec<ProofStatus> {
+    let now = record::boottime_ns();
+    let Ok(names) = state.names().read() else { return Vec::new() };
+    state
+        .maps
+        .auth_entries()
+        .into_iter()
+        .map(|(key, entry)| ProofStatus {
+            src: names.identity(key.src_identity),
+            dst: names.identity(key.dst_identity),
+            expires_in: entry.expires_ns.saturating_sub(now) / 1_000_000_000,
+            peer: match entry.peer {
+                0 => String::new(),
+                ip => std::net::Ipv4Addr::from(ip.to_ne_bytes()).to_string(),
+            },
         })
         .collect()
 }
