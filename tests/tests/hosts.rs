@@ -211,3 +211,68 @@ fn a_host_with_bad_certificates_proves_nothing() {
     let status = agent_b.status().unwrap();
     assert!(status["proofs"].as_array().is_none_or(|p| p.is_empty()), "{status}");
 }
+
+/// SVIDs rotate under a stream of connections, the PKI is unreachable for
+/// part of their life, and none of the connections fails; once the last
+/// SVID has really expired, the pair's proof lapses and the kernel denies.
+#[test]
+fn rotation_and_an_unreachable_ca_lose_no_connection_until_real_expiry() {
+    if !kernel_tests_enabled("rotation") {
+        return;
+    }
+    let mut lan = Lan::new("gwrot");
+    let host_a = lan.host("a", HOST_A);
+    let host_b = lan.host("b", HOST_B);
+    let gateway_ns = lan.host("gw", GATEWAY_IP);
+    let payments_ns = lan.host("pay", PAYMENTS_IP);
+    let mut scope_a = TestScope::new("rota");
+    scope_a.mkdir("/grid/gateway");
+    let mut scope_b = TestScope::new("rotb");
+    scope_b.mkdir("/grid/payments");
+
+    let pki = scope_a.temp.join("pki");
+    let (svids_a, svids_b) = (scope_a.temp.join("svids"), scope_b.temp.join("svids"));
+    ca(&["init", "--dir", &pki.display().to_string(), "--trust-domain", "grid.local"]);
+    let issue_all = || {
+        issue(&pki, "grid.local", GATEWAY, &svids_a, &["--lifetime", "12"]);
+        issue(&pki, "grid.local", PAYMENTS, &svids_b, &["--lifetime", "12"]);
+    };
+    issue_all();
+    let first_issue = Instant::now();
+
+    serve_in(&mut scope_b, "/grid/payments", &payments_ns, &format!("{PAYMENTS_IP}:8443"));
+    serve_in(&mut scope_a, "/grid/gateway", &gateway_ns, &format!("{GATEWAY_IP}:9000"));
+    let _agent_b = Agent::start_in(&scope_b, &host_policy(HOST_B, HOST_A, &svids_b), &host_b);
+    let agent_a = Agent::start_in(&scope_a, &host_policy(HOST_A, HOST_B, &svids_a), &host_a);
+    wait_for_proof(&agent_a, GATEWAY, PAYMENTS);
+
+    // 120 connects, one every 100 ms: about 14 s across two rotations.
+    let target = format!("{PAYMENTS_IP}:8443");
+    let mut stream = scope_a.command_in("/grid/gateway", &probe_bin());
+    net::enter_netns(&mut stream, &gateway_ns);
+    let stream =
+        stream.args(["loop", "tcp", &target, "120", "100"]).stdout(Stdio::piped()).spawn().unwrap();
+
+    // The PKI is unreachable (writes nothing) from the start until 8 s in,
+    // past the SVIDs' half-life; then it issues fresh ones.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(first_issue.elapsed()));
+    issue_all();
+    let last_issue = Instant::now();
+
+    let out = stream.wait_with_output().unwrap();
+    let outcomes: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(outcomes.len(), 120);
+    let failed: Vec<(usize, &String)> =
+        outcomes.iter().enumerate().filter(|(_, o)| *o != "ok").collect();
+    assert!(failed.is_empty(), "connections failed during rotation: {failed:?}");
+
+    // Nothing renews now: after the last SVIDs expire, the proof lapses.
+    std::thread::sleep(Duration::from_secs(13).saturating_sub(last_issue.elapsed()));
+    let (outcome, _) =
+        probe_in(&scope_a, "/grid/gateway", &gateway_ns, &["connect", "tcp", &target]);
+    assert_eq!(outcome, "denied", "an expired proof still counted");
+    let lapsed = agent_a
+        .wait_event("no-auth denial", |e| e["verdict"] == "deny" && e["reason"] == "no-auth");
+    assert_eq!(lapsed["dst"], PAYMENTS);
+}

@@ -57,6 +57,11 @@ struct Mesh {
     claims: Mutex<ClaimBook>,
     /// Address entries written to the kernel, to remove them when they lapse.
     published: Mutex<HashMap<IpAddr, u32>>,
+    /// Proofs this host started: when each was made and when it lapses.
+    proofs: Mutex<HashMap<WantedPair, (SystemTime, SystemTime)>>,
+    /// The last failure reported per pair, so a failure is one event, not
+    /// one per retry.
+    failures: Mutex<HashMap<WantedPair, String>>,
     options: PeeringOptions,
 }
 
@@ -72,6 +77,8 @@ pub async fn start(shared: Arc<Shared>, config: &Config) -> Result<(), MeshError
         rotation: Arc::clone(&rotation),
         claims: Mutex::new(ClaimBook::new()),
         published: Mutex::new(HashMap::new()),
+        proofs: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
         options: PeeringOptions::default(),
     });
     let (_keep, shutdown) = watch::channel(false);
@@ -123,6 +130,8 @@ async fn prove_loop(mesh: Arc<Mesh>) {
         tick.tick().await;
         let (locals, wanted, peers) = snapshot(&mesh).await;
         track_svids(&mesh.rotation, &mut tracked, &locals);
+        // A pair no rule wants any more (or whose workload left) starts over.
+        mesh.proofs.lock().await.retain(|pair, _| wanted.contains(pair));
         for pair in wanted {
             if locals.contains(&pair.target) {
                 prove_locally(&mesh, &pair).await;
@@ -206,22 +215,14 @@ async fn prove_locally(mesh: &Mesh, pair: &WantedPair) {
     }
 }
 
-/// Whether the pair lacks a proof that is live for more than half its life.
+/// Whether the pair lacks a proof, or its proof is past half its life (the
+/// renewal point, so that a fresh proof is in place before the old lapses).
 async fn needs_proof(mesh: &Mesh, pair: &WantedPair) -> bool {
-    let state = mesh.shared.state.lock().await;
-    let Some(src) = state.local_number(&pair.local) else { return false };
-    let Some(dst) = state.known_number(&pair.target) else { return true };
-    let now = record::boottime_ns();
-    state
-        .maps
-        .auth_entries()
-        .iter()
-        .find(|(key, _)| key.src_identity == src && key.dst_identity == dst)
-        .is_none_or(|(_, entry)| entry.expires_ns.saturating_sub(now) < HALF_PROOF_NS)
+    let proofs = mesh.proofs.lock().await;
+    let Some((proven_at, expires)) = proofs.get(pair) else { return true };
+    let life = expires.duration_since(*proven_at).unwrap_or_default();
+    SystemTime::now() >= *proven_at + life / 2
 }
-
-/// Renew a proof once less than this is left (half the default SVID life).
-const HALF_PROOF_NS: u64 = 30 * 60 * 1_000_000_000;
 
 /// Asks each peer in turn for `pair.target`, presenting `pair.local`.
 async fn prove_remote(mesh: &Mesh, pair: &WantedPair, peers: &[SocketAddr]) {
@@ -229,6 +230,7 @@ async fn prove_remote(mesh: &Mesh, pair: &WantedPair, peers: &[SocketAddr]) {
     else {
         return;
     };
+    let mut last_failure = None;
     for peer in peers {
         let bundle = Arc::clone(&bundle);
         match handshake::connect(*peer, &svid, bundle, &pair.target, &mesh.options).await {
@@ -236,14 +238,25 @@ async fn prove_remote(mesh: &Mesh, pair: &WantedPair, peers: &[SocketAddr]) {
                 let ours = local_claims(mesh, &pair.local).await;
                 let theirs = exchange(&mut session.stream, &ours, mesh, true).await;
                 let proof = session.proof;
+                mesh.proofs.lock().await.insert(pair.clone(), (SystemTime::now(), proof.expires));
+                mesh.failures.lock().await.remove(pair);
                 let parts = (&pair.local, &proof.server, proof.expires);
                 record_proof(mesh, *peer, parts, OurSide::Source, theirs).await;
                 return;
             }
             // That workload lives elsewhere: ask the next peer.
             Err(crate::peering::PeeringError::NoSuchWorkload { .. }) => {}
-            Err(error) => report_failure(mesh, *peer, &pair.local, &pair.target, &error),
+            Err(error) => last_failure = Some((*peer, crate::error_chain(&error))),
         }
+    }
+    let (peer, reason) = last_failure.unwrap_or_else(|| {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        (nowhere, "no such workload on any peer".to_owned())
+    });
+    let mut failures = mesh.failures.lock().await;
+    if failures.get(pair) != Some(&reason) {
+        failures.insert(pair.clone(), reason.clone());
+        report(mesh, peer, pair.local.as_str(), pair.target.as_str(), "auth-failed", reason);
     }
 }
 
@@ -335,6 +348,11 @@ async fn record_proof(
     }
     drop(state);
     tracing::info!(%local, %remote, ?side, %peer, "identity pair proven with mutual TLS");
+    let (src, dst) = match side {
+        OurSide::Source => (local.as_str(), remote.as_str()),
+        OurSide::Destination => (remote.as_str(), local.as_str()),
+    };
+    report(mesh, peer, src, dst, "authenticated", "mutual TLS".to_owned());
     publish_addresses(mesh).await;
 }
 
@@ -392,10 +410,8 @@ async fn answer(stream: TcpStream, peer: SocketAddr, mesh: &Mesh) {
     let mut session = match handshake::accept(stream, &*mesh.rotation, &mesh.options).await {
         Ok(session) => session,
         Err(error) => {
-            let unknown = SpiffeId::parse("spiffe://unknown").ok();
-            if let Some(unknown) = unknown {
-                report_failure(mesh, peer, &unknown, &unknown, &error);
-            }
+            let reason = crate::error_chain(&error);
+            report(mesh, peer, "unknown", "unknown", "auth-failed", reason);
             return;
         }
     };
@@ -409,25 +425,21 @@ async fn answer(stream: TcpStream, peer: SocketAddr, mesh: &Mesh) {
     record_proof(mesh, key, parts, OurSide::Destination, theirs).await;
 }
 
-/// A failed handshake is an event with its reason, like a denial.
-fn report_failure(
-    mesh: &Mesh,
-    peer: SocketAddr,
-    local: &SpiffeId,
-    target: &SpiffeId,
-    error: &crate::peering::PeeringError,
-) {
-    let reason = crate::error_chain(error);
-    tracing::warn!(%peer, %local, %target, reason, "peer handshake failed");
+/// A handshake's outcome is an event like a verdict: `authenticated`, or
+/// `auth-failed` with its reason.
+fn report(mesh: &Mesh, peer: SocketAddr, src: &str, dst: &str, verdict: &str, reason: String) {
+    if verdict == "auth-failed" {
+        tracing::warn!(%peer, src, dst, reason, "peer handshake failed");
+    }
     let event = EventRecord {
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        verdict: "auth-failed".into(),
+        verdict: verdict.to_owned(),
         reason,
         hook: "peering".into(),
         protocol: "tcp".into(),
-        src: local.to_string(),
+        src: src.to_owned(),
         src_cgroup: None,
-        dst: target.to_string(),
+        dst: dst.to_owned(),
         dst_addr: peer.ip().to_string(),
         dst_port: peer.port(),
         pid: 0,
