@@ -50,6 +50,7 @@ rules:
 
 /// What must be cleaned up, reachable from the Ctrl-C handler.
 static CLEANUP: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+static NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static CLEANED: AtomicBool = AtomicBool::new(false);
 
 pub fn run(hold: bool) -> Result<()> {
@@ -70,21 +71,31 @@ pub fn run(hold: bool) -> Result<()> {
     result
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     root().join("target/debug").join(name)
 }
 
-fn scope_dir() -> Result<PathBuf> {
+/// Records a network namespace for the cleanup.
+pub fn remember_netns(name: &str) {
+    if let Ok(mut names) = NETNS.lock() {
+        names.push(name.to_owned());
+    }
+}
+
+fn cgroup_mount() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mounts
+    mounts
         .lines()
         .find_map(|line| {
             let (before, after) = line.split_once(" - ")?;
             let point = before.split(' ').nth(4)?;
             after.starts_with("cgroup2 ").then(|| PathBuf::from(point))
         })
-        .context("no cgroup2 filesystem is mounted")?;
-    Ok(mount.join(SCOPE.trim_start_matches('/')))
+        .context("no cgroup2 filesystem is mounted")
+}
+
+fn scope_dir() -> Result<PathBuf> {
+    Ok(cgroup_mount()?.join(SCOPE.trim_start_matches('/')))
 }
 
 fn scenario(hold: bool) -> Result<()> {
@@ -122,7 +133,8 @@ fn scenario(hold: bool) -> Result<()> {
             call(&scope, "currency-exchange", 8443, "lateral movement, repeated")?;
         }
     }
-    say(&format!("audit trail: {}", work.join("audit.jsonl").display()));
+    crate::demo_hosts::run(&cgroup_mount()?, &work)?;
+    say(&format!("audit trails: {}/*.jsonl", work.display()));
     Ok(())
 }
 
@@ -143,7 +155,7 @@ fn calls(scope: &Path) -> Result<()> {
     Ok(())
 }
 
-fn say(text: &str) {
+pub fn say(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
 
@@ -180,7 +192,7 @@ fn quiet_call(scope: &Path, service: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn keep(child: Child) {
+pub fn keep(child: Child) {
     if let Ok(mut children) = CLEANUP.lock() {
         children.push(child);
     }
@@ -194,6 +206,13 @@ fn start_agent(config: &Path, log: &Path, socket: &Path) -> Result<()> {
         .spawn()
         .context("cannot start the agent")?;
     keep(child);
+    wait_ready(socket, log)?;
+    say(&format!("agent ready (log: {})", log.display()));
+    Ok(())
+}
+
+/// Waits until the agent answers on its API socket.
+pub fn wait_ready(socket: &Path, log: &Path) -> Result<()> {
     for _ in 0..200 {
         let ready = Command::new(bin("gridward"))
             .args(["status", "--socket"])
@@ -203,7 +222,6 @@ fn start_agent(config: &Path, log: &Path, socket: &Path) -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
         if ready {
-            say(&format!("agent ready (log: {})", log.display()));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -249,10 +267,22 @@ fn cleanup() {
         }
         children.clear();
     }
-    let _ = Command::new(bin("gridward"))
-        .args(["teardown", "--scope", SCOPE])
-        .stdout(Stdio::null())
-        .status();
+    for scope in [SCOPE, crate::demo_hosts::SCOPE_A, crate::demo_hosts::SCOPE_B] {
+        let _ = Command::new(bin("gridward"))
+            .args(["teardown", "--scope", scope])
+            .stdout(Stdio::null())
+            .status();
+    }
+    if let Ok(mount) = cgroup_mount() {
+        for scope in [crate::demo_hosts::SCOPE_A, crate::demo_hosts::SCOPE_B] {
+            remove_tree(&mount.join(scope.trim_start_matches('/')));
+        }
+    }
+    if let Ok(names) = NETNS.lock() {
+        for name in names.iter() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
     if let Ok(scope) = scope_dir() {
         for (service, _) in SERVICES {
             let _ = std::fs::remove_dir(scope.join("shop").join(service));
@@ -261,4 +291,16 @@ fn cleanup() {
         let _ = std::fs::remove_dir(&scope);
     }
     println!("\ndemo cleaned up: processes ended, pins and cgroups removed");
+}
+
+/// Removes a cgroup directory tree, deepest first.
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

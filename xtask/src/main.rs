@@ -2,6 +2,7 @@
 //! are the two a newcomer needs; each installs what is missing first.
 
 mod demo;
+mod demo_hosts;
 mod setup;
 
 use std::{
