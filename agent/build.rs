@@ -1,5 +1,6 @@
 //! Builds the eBPF programs (ebpf/) with the nightly toolchain and embeds the
-//! object in the agent, so one binary carries both sides.
+//! object in the agent, so one binary carries both sides; and generates the
+//! SPIFFE Workload API's gRPC code from proto/workload.proto with protoc.
 
 use std::{
     env,
@@ -19,6 +20,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed={OBJECT_OVERRIDE}");
+    workload_api_proto(&manifest_dir);
 
     let object = match env::var_os(OBJECT_OVERRIDE) {
         Some(path) => PathBuf::from(path),
@@ -27,6 +29,28 @@ fn main() {
     let embedded = out_dir.join("gridward.bpf.o");
     if let Err(error) = std::fs::copy(&object, &embedded) {
         panic!("cannot copy the eBPF object {}: {error}", object.display());
+    }
+}
+
+/// Generates the Workload API's messages, server and client (the client is
+/// what the tests call it with). protoc comes from Debian's
+/// `protobuf-compiler`, which `cargo xtask setup` installs.
+fn workload_api_proto(manifest_dir: &Path) {
+    let proto_dir = manifest_dir.join("proto");
+    let proto = proto_dir.join("workload.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let generated = tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // The client is generic over its transport; tests bring their own.
+        .build_transport(false)
+        .compile_protos(&[proto], &[proto_dir]);
+    if let Err(error) = generated {
+        panic!(
+            "generating the Workload API code failed: {error}; `cargo xtask setup` installs \
+             protoc (Debian's protobuf-compiler) and the well-known types (libprotobuf-dev)"
+        );
     }
 }
 

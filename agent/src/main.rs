@@ -7,16 +7,29 @@ mod api;
 mod cli;
 mod config;
 mod events;
-#[cfg_attr(not(test), expect(dead_code, reason = "parts serve the Workload API, still to come"))]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "a few helpers serve only tests and the sources still to come (SPIRE)"
+    )
+)]
 mod identity;
 mod kernel;
 mod loader;
 mod paths;
-#[cfg_attr(not(test), expect(dead_code, reason = "parts serve the Workload API, still to come"))]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "a few helpers serve only tests and the sources still to come (SPIRE)"
+    )
+)]
 mod peering;
 mod policy;
 mod runtime;
 mod spiffe;
+mod workload_api;
 mod workloads;
 
 use std::process::ExitCode;

@@ -10,6 +10,9 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT_NAME: &str = "gridward";
 const RUNTIME_ROOT: &str = "/run/gridward";
 const STATE_ROOT: &str = "/var/lib/gridward";
+/// The Workload API sockets: unlike the runtime directory, every workload
+/// must be able to reach these.
+const WORKLOAD_API_ROOT: &str = "/run/gridward-workload";
 
 /// Directory modes: only root may reach the API socket or the audit log.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
@@ -54,6 +57,12 @@ impl ScopePaths {
 
     pub fn audit_log(&self) -> PathBuf {
         self.state.join("audit.jsonl")
+    }
+
+    /// The SPIFFE Workload API socket that the scope's workloads connect to
+    /// (their `SPIFFE_ENDPOINT_SOCKET` is `unix://` and this path).
+    pub fn workload_api_socket(&self) -> PathBuf {
+        Path::new(WORKLOAD_API_ROOT).join(scope_key(&self.scope)).join("api.sock")
     }
 }
 
@@ -123,6 +132,14 @@ mod tests {
         }
         assert_eq!(scope_from_key("%2Fa%zz"), None);
         assert_eq!(scope_from_key("plain"), None);
+    }
+
+    #[test]
+    fn each_scope_has_its_own_workload_api_socket() {
+        let paths = ScopePaths::new(Path::new(DEFAULT_BPFFS), "/gw/a");
+        let socket = paths.workload_api_socket();
+        assert_eq!(socket, Path::new("/run/gridward-workload/%2Fgw%2Fa/api.sock"));
+        assert!(!socket.starts_with(&paths.runtime), "outside the root-only runtime directory");
     }
 
     #[test]

@@ -115,13 +115,17 @@ fn make_network() -> Result<()> {
         demo::remember_netns(ns);
         ip(&["netns", "add", ns])?;
         let port = format!("v{index}");
-        ip(&["-n", LAN, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip(&[
+            "-n", LAN, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
         ip(&["-n", LAN, "link", "set", &port, "master", "br0", "up"])?;
         ip(&["-n", ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
-    println!("   hosts: A 192.0.2.1, B 192.0.2.2; pods: gateway .11, exchange .12 (on A), payments .21 (on B)");
+    println!(
+        "   hosts: A 192.0.2.1, B 192.0.2.2; pods: gateway .11, exchange .12 (on A), payments .21 (on B)"
+    );
     Ok(())
 }
 
@@ -148,9 +152,22 @@ fn run_pki(work: &Path) -> Result<()> {
     for (service, dir) in issued {
         let id = format!("spiffe://grid.local/ns/shop/sa/{service}");
         let out = work.join(dir).display().to_string();
-        gridward(&["ca", "issue", "--dir", &pki_text, "--trust-domain", "grid.local", "--id", &id, "--out", &out])?;
+        gridward(&[
+            "ca",
+            "issue",
+            "--dir",
+            &pki_text,
+            "--trust-domain",
+            "grid.local",
+            "--id",
+            &id,
+            "--out",
+            &out,
+        ])?;
     }
-    println!("   PKI issued 1-hour SVIDs: host A holds the gateway's and the exchange's, host B payments'");
+    println!(
+        "   PKI issued 1-hour SVIDs: host A holds the gateway's and the exchange's, host B payments'"
+    );
     Ok(())
 }
 
@@ -217,7 +234,8 @@ fn observe(name: &'static str, socket: &Path) -> Result<()> {
 fn wait_for_proof(socket: &PathBuf) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let out = Command::new(bin("gridward")).args(["status", "--socket"]).arg(socket).output()?;
+        let out =
+            Command::new(bin("gridward")).args(["status", "--socket"]).arg(socket).output()?;
         if String::from_utf8_lossy(&out.stdout).contains("proven pairs") {
             return Ok(());
         }

@@ -10,9 +10,17 @@ use anyhow::{Context, Result, bail};
 
 use crate::run_step;
 
-/// Debian packages the tests and demo use: `ip` for network namespaces,
-/// `nft` for the benchmark's comparison, `python3` is not needed.
-const PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("nft", "nftables")];
+/// Debian packages the build, tests and demo use, each with what shows it is
+/// there: a tool on PATH, or an absolute path to a file. `ip` for network
+/// namespaces, `nft` for the benchmark's comparison, `protoc` and the
+/// protobuf well-known types (`struct.proto`, which `protobuf-compiler` only
+/// recommends) for the agent's Workload API code, generated at build time.
+const PACKAGES: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("protoc", "protobuf-compiler"),
+    ("/usr/include/google/protobuf/struct.proto", "libprotobuf-dev"),
+];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
@@ -133,7 +141,7 @@ fn bpffs() -> Result<()> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(tool, _)| which(tool).is_none())
+        .filter(|(needed, _)| !is_present(needed))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -146,6 +154,12 @@ fn debian_packages() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+/// Whether a tool (a bare name, looked up on PATH) or a file (an absolute
+/// path) is there.
+fn is_present(needed: &str) -> bool {
+    if needed.starts_with('/') { Path::new(needed).is_file() } else { which(needed).is_some() }
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

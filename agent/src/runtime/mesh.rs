@@ -46,6 +46,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 pub enum MeshError {
     #[error("cannot load the built-in CA from {dir}")]
     Ca { dir: String, source: crate::identity::ca::CaError },
+    #[error(transparent)]
+    WorkloadApi(#[from] crate::workload_api::WorkloadApiError),
     #[error("cannot listen for peers on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -81,9 +83,11 @@ pub async fn start(shared: Arc<Shared>, config: &Config) -> Result<(), MeshError
         failures: Mutex::new(HashMap::new()),
         options: PeeringOptions::default(),
     });
-    let (_keep, shutdown) = watch::channel(false);
+    let (keep, shutdown) = watch::channel(false);
+    serve_workload_api(&mesh, shutdown.clone())?;
     tokio::spawn(async move {
-        let _keep = _keep;
+        // Holding the sender keeps the shutdown signal quiet for our life.
+        let _keep = keep;
         rotation.run(shutdown).await;
     });
     if let Some(peering) = &config.peering {
@@ -94,6 +98,35 @@ pub async fn start(shared: Arc<Shared>, config: &Config) -> Result<(), MeshError
         tokio::spawn(serve(listener, Arc::clone(&mesh)));
     }
     tokio::spawn(prove_loop(mesh));
+    Ok(())
+}
+
+/// Serves the SPIFFE Workload API to the scope's workloads: each caller,
+/// attested by its cgroup, gets its own SVID and the bundle.
+fn serve_workload_api(mesh: &Arc<Mesh>, shutdown: watch::Receiver<bool>) -> Result<(), MeshError> {
+    let socket = mesh.shared.paths.workload_api_socket();
+    let listener = crate::workload_api::bind(&socket)?;
+    let shared = Arc::clone(&mesh.shared);
+    let attestor = move |path: &str| -> Option<SpiffeId> {
+        let classifier = shared.classifier.read().ok()?;
+        match classifier.classify(path) {
+            crate::policy::Classification::Workload { id, .. } => Some(id),
+            _ => None,
+        }
+    };
+    let provider: Arc<dyn crate::workload_api::SvidProvider> = mesh.rotation.clone();
+    let scope = mesh.shared.paths.scope.clone();
+    let service = crate::workload_api::WorkloadApiService::new(
+        &scope,
+        Arc::new(attestor),
+        provider,
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = crate::workload_api::serve(listener, &socket, service, shutdown).await {
+            tracing::error!(error = %crate::error_chain(&error), "workload api stopped");
+        }
+    });
     Ok(())
 }
 

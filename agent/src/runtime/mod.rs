@@ -82,6 +82,9 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<EventRecord>>,
     pub audit: mpsc::Sender<Arc<EventRecord>>,
     pub trust_domain: crate::spiffe::TrustDomain,
+    /// The selectors in force, for attesting Workload API callers without
+    /// waiting on the state lock.
+    pub classifier: std::sync::RwLock<crate::policy::Classifier>,
     pub paths: ScopePaths,
     pub cgroup_mount: PathBuf,
 }
@@ -117,8 +120,14 @@ impl Shared {
         if config.scope != state.config.scope {
             return refused("the scope cannot change on reload; restart the agent");
         }
+        let classifier = crate::policy::Classifier::new(&config);
         match state.reload(config) {
-            Ok(revision) => ReloadReply { ok: true, revision: Some(revision), error: None },
+            Ok(revision) => {
+                if let Ok(mut current) = self.classifier.write() {
+                    *current = classifier;
+                }
+                ReloadReply { ok: true, revision: Some(revision), error: None }
+            }
             Err(error) => refused(&crate::error_chain(&error)),
         }
     }
@@ -164,6 +173,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let mesh_config = state.config.clone();
     let shared = Arc::new(Shared {
         trust_domain: state.config.trust_domain.clone(),
+        classifier: std::sync::RwLock::new(crate::policy::Classifier::new(&state.config)),
         state: Mutex::new(state),
         events: events_tx.clone(),
         audit: audit_tx.clone(),
