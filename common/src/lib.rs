@@ -28,7 +28,7 @@ pub mod maps {
     pub const CGROUPS: &str = "gw_cgrp_v1";
     pub const SUBTREES: &str = "gw_subtree_v1";
     pub const SOCKETS: &str = "gw_sock_v1";
-    pub const LISTENERS: &str = "gw_listen_v1";
+    pub const LISTENERS: &str = "gw_listen_v2";
     pub const IPCACHE: &str = "gw_ipcache_v1";
     pub const IDENTITIES: &str = "gw_ident_v1";
     pub const RULES: &str = "gw_rule_v1";
@@ -130,6 +130,8 @@ pub mod stat {
     pub const UNTAGGED_SOCKETS: u32 = 3;
     /// Sockets whose tag could not be stored.
     pub const TAG_FAILURES: u32 = 4;
+    /// Binds refused because the listener tables were full.
+    pub const LISTENER_TABLE_FULL: u32 = 5;
     /// Verdicts by value: `VERDICT_BASE + verdict`.
     pub const VERDICT_BASE: u32 = 8;
     /// Verdicts by reason: `REASON_BASE + reason`.
@@ -198,9 +200,16 @@ impl ListenerKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerEntry {
+    /// Who listens. When sockets of two cgroups bind one key (SO_REUSEPORT),
+    /// the key is contested: [`ListenerEntry::CONTESTED`], which names no
+    /// cgroup and is managed, so it resolves to `unclassified`.
     pub tag: SockTag,
-    /// The listening socket, so that only its own release removes the entry.
-    pub socket_cookie: u64,
+    /// Sockets bound to the key; the last one's release removes it.
+    pub sockets: u64,
+}
+
+impl ListenerEntry {
+    pub const CONTESTED: SockTag = SockTag { cgroup_id: 0, managed: 1, _pad: 0 };
 }
 
 /// Key of `IDENTITIES`.

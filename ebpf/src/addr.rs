@@ -16,7 +16,7 @@ use gridward_common::{hook, ipv4_mapped, protocol, verdict};
 
 use crate::{
     decide::decide,
-    listeners::destination_identity,
+    listeners::{destination_identity, effective_destination},
     maps::{active_slot, revision},
     report::{Call, report},
     sock::ipv6_bytes,
@@ -96,7 +96,8 @@ fn judge(
 
     let tag = tag_of_socket(cookie);
     let src_identity = identity_of(&tag, slot);
-    let dst_identity = destination_identity(netns, &addr, port, proto, slot);
+    let target = effective_destination(&addr);
+    let dst_identity = destination_identity(netns, &target, port, proto, slot);
     let decision = decide(slot, src_identity, dst_identity, port, proto);
 
     let call = Call {

@@ -27,7 +27,7 @@ pub static SUBTREES: HashMap<u64, u32> = HashMap::pinned(maps::SUBTREES_MAX, 0);
 pub static SOCKETS: HashMap<u64, SockTag> = HashMap::pinned(maps::SOCKETS_MAX, NO_PREALLOC);
 
 /// (netns, address, port, protocol) -> the socket bound there.
-#[map(name = "gw_listen_v1")]
+#[map(name = "gw_listen_v2")]
 pub static LISTENERS: HashMap<ListenerKey, ListenerEntry> =
     HashMap::pinned(maps::LISTENERS_MAX, NO_PREALLOC);
 
@@ -92,4 +92,38 @@ pub fn active_slot() -> u32 {
 #[inline(always)]
 pub fn revision(slot: u32) -> u32 {
     SLOTS.get(slot).map_or(0, |info| info.revision)
+}
+
+/// The `#[map]` attribute needs a literal; these checks keep each literal
+/// equal to the name the agent opens.
+const _: () = {
+    assert!(same(maps::CGROUPS, "gw_cgrp_v1"));
+    assert!(same(maps::SUBTREES, "gw_subtree_v1"));
+    assert!(same(maps::SOCKETS, "gw_sock_v1"));
+    assert!(same(maps::LISTENERS, "gw_listen_v2"));
+    assert!(same(maps::BOUND, "gw_bound_v1"));
+    assert!(same(maps::IPCACHE, "gw_ipcache_v1"));
+    assert!(same(maps::IDENTITIES, "gw_ident_v1"));
+    assert!(same(maps::RULES, "gw_rule_v1"));
+    assert!(same(maps::ACTIVE, "gw_active_v1"));
+    assert!(same(maps::SLOTS, "gw_slot_v1"));
+    assert!(same(maps::AUTH, "gw_auth_v1"));
+    assert!(same(maps::PAIRS, "gw_pair_v1"));
+    assert!(same(maps::STATS, "gw_stat_v1"));
+    assert!(same(maps::EVENTS, "gw_event_v1"));
+};
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }

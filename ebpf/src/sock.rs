@@ -15,8 +15,9 @@ use crate::{
     tag::{tag_for_current, tag_of_socket},
 };
 
-/// cgroup socket programs let the call proceed with 1.
+/// cgroup socket programs let the call proceed with 1 and refuse it with 0.
 const PROCEED: i32 = 1;
+const REFUSE: i32 = 0;
 
 #[cgroup_sock(sock_create)]
 pub fn gw_sock_create(ctx: SockContext) -> i32 {
@@ -45,8 +46,7 @@ pub fn gw_post_bind4(ctx: SockContext) -> i32 {
         let sk = &*ctx.sock;
         (ipv4_mapped(sk.src_ip4), sk.src_port as u16, sk.protocol as u8)
     };
-    record_listener(&ctx, addr, port, protocol);
-    PROCEED
+    record_listener(&ctx, addr, port, protocol)
 }
 
 #[cgroup_sock(post_bind6)]
@@ -56,16 +56,24 @@ pub fn gw_post_bind6(ctx: SockContext) -> i32 {
         let sk = &*ctx.sock;
         (sk.src_ip6, sk.src_port as u16, sk.protocol as u8)
     };
-    record_listener(&ctx, ipv6_bytes(words), port, protocol);
-    PROCEED
+    record_listener(&ctx, ipv6_bytes(words), port, protocol)
 }
 
-fn record_listener(ctx: &SockContext, addr: [u8; 16], port: u16, protocol: u8) {
+/// Records a bound address, or refuses the bind (EPERM) when it cannot be
+/// recorded: an unknown listener would be judged as `world`.
+fn record_listener(ctx: &SockContext, addr: [u8; 16], port: u16, protocol: u8) -> i32 {
     let cookie = socket_cookie(ctx);
     // SAFETY: the helper reads the network namespace of the context's socket.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let tag = tag_of_socket(cookie);
-    listeners::record(&ListenerKey::new(netns, addr, port, protocol), tag, cookie);
+    let key = ListenerKey::new(netns, addr, port, protocol);
+    match listeners::record(&key, tag, cookie) {
+        Ok(()) => PROCEED,
+        Err(()) => {
+            count(stat::LISTENER_TABLE_FULL);
+            REFUSE
+        }
+    }
 }
 
 #[inline(always)]

@@ -250,3 +250,46 @@ fn an_unnameable_managed_cgroup_is_unclassified_and_denied() {
     });
     assert_eq!(event["reason"], "unclassified");
 }
+
+#[test]
+fn the_wildcard_address_reaches_loopback_and_is_judged_as_it() {
+    if !kernel_tests_enabled("wildcard_destination") {
+        return;
+    }
+    let mut scope = grid_scope("wildcard");
+    scope.serve("/grid/payments", "tcp", "127.0.0.1:18470");
+    scope.serve("/grid/payments", "tcp", "[::1]:18471");
+    let _agent =
+        Agent::start(&scope, &GRID_POLICY.replace("ports: [8443]", "ports: [18470, 18471]"));
+    for target in ["0.0.0.0:18470", "[::ffff:0.0.0.0]:18470", "[::]:18471"] {
+        assert_eq!(
+            scope.probe("/grid/exchange", &["connect", "tcp", target]),
+            "denied",
+            "{target}"
+        );
+        assert_eq!(scope.probe("/grid/gateway", &["connect", "tcp", target]), "ok", "{target}");
+    }
+}
+
+#[test]
+fn a_second_binder_of_a_reuseport_key_cannot_unprotect_it() {
+    if !kernel_tests_enabled("reuseport") {
+        return;
+    }
+    let mut scope = grid_scope("reuseport");
+    let server = scope
+        .command_in("/grid/payments", &probe_bin())
+        .args(["serve-reuseport", "127.0.0.1:18472"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    scope.adopt(server);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _agent = Agent::start(&scope, &GRID_POLICY.replace("8443", "18472"));
+    assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18472"]), "denied");
+
+    // The exchange co-binds the key and closes: the key must stay protected.
+    let bound = scope.probe("/grid/exchange", &["bind-reuseport-close", "127.0.0.1:18472"]);
+    assert_eq!(bound, "ok");
+    assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18472"]), "denied");
+}

@@ -169,14 +169,30 @@ impl KernelMaps {
         }
     }
 
-    /// Records a listener that existed before the programs were attached.
+    /// Records a listener that existed before the programs were attached,
+    /// counting it like the bind program would.
     pub fn record_existing_listener(
         &mut self,
         key: ListenerKey,
-        entry: ListenerEntry,
+        tag: SockTag,
+        cookie: u64,
     ) -> Result<()> {
+        if self.bound.get(&cookie, 0).is_ok() {
+            // The programs saw this bind already.
+            return Ok(());
+        }
+        let entry = match self.listeners.get(&key, 0) {
+            Ok(mut entry) => {
+                if entry.tag.cgroup_id != tag.cgroup_id {
+                    entry.tag = ListenerEntry::CONTESTED;
+                }
+                entry.sockets += 1;
+                entry
+            }
+            Err(_) => ListenerEntry { tag, sockets: 1 },
+        };
         self.listeners.insert(key, entry, 0).map_err(write(maps::LISTENERS))?;
-        self.bound.insert(entry.socket_cookie, key, 0).map_err(write(maps::BOUND))
+        self.bound.insert(cookie, key, 0).map_err(write(maps::BOUND))
     }
 
     /// Records a proven identity pair until `expires_ns` (boot time).

@@ -18,7 +18,7 @@ use std::{
 };
 
 use aya::maps::RingBuf;
-use gridward_common::{ListenerEntry, ListenerKey, SockTag, maps};
+use gridward_common::{ListenerKey, SockTag, maps};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, broadcast, mpsc},
@@ -304,8 +304,7 @@ fn adopt_socket(state: &mut AgentState, socket: &ExistingSocket, tag: SockTag, n
     let tagged = state.maps.tag_existing_socket(socket.cookie, tag).unwrap_or(false);
     if socket.listening {
         let key = ListenerKey::new(netns, socket.addr, socket.port, socket.protocol);
-        let entry = ListenerEntry { tag, socket_cookie: socket.cookie };
-        if let Err(error) = state.maps.record_existing_listener(key, entry) {
+        if let Err(error) = state.maps.record_existing_listener(key, tag, socket.cookie) {
             tracing::warn!(error = %crate::error_chain(&error), "cannot record an existing listener");
         }
     }

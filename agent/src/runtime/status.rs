@@ -133,6 +133,7 @@ fn counters(state: &AgentState) -> Vec<Counter> {
         Counter { name: "events_lost".into(), value: value(stat::EVENTS_LOST) },
         Counter { name: "untagged_sockets".into(), value: value(stat::UNTAGGED_SOCKETS) },
         Counter { name: "tag_failures".into(), value: value(stat::TAG_FAILURES) },
+        Counter { name: "listener_table_full".into(), value: value(stat::LISTENER_TABLE_FULL) },
     ];
     for v in [verdict::ALLOW, verdict::AUDIT, verdict::DENY] {
         let name = format!("verdict_{}", record::verdict_name(v));

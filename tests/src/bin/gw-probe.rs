@@ -8,6 +8,9 @@
 //! gw-probe loop tcp ADDR COUNT GAP_MS    COUNT connects, one line each
 //! gw-probe move-then-connect PROCS ADDR  make a socket, move into the cgroup
 //!                                        whose cgroup.procs is PROCS, connect
+//! gw-probe serve-reuseport ADDR          like serve tcp, with SO_REUSEPORT
+//! gw-probe bind-reuseport-close ADDR     bind a TCP socket with SO_REUSEPORT
+//!                                        next to another one, then close it
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -29,6 +32,8 @@ fn main() -> ExitCode {
         ["sendto", addr] => report(send_to(addr)),
         ["loop", "tcp", addr, count, gap] => connect_loop(addr, count, gap),
         ["move-then-connect", procs, addr] => report(move_then_connect(procs, addr)),
+        ["serve-reuseport", addr] => serve_reuseport(addr),
+        ["bind-reuseport-close", addr] => report(bind_reuseport(addr).map(|fd| close(fd))),
         _ => {
             eprintln!("usage: see the module documentation of gw-probe");
             return ExitCode::from(2);
@@ -186,4 +191,52 @@ fn sockaddr(target: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// A TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT.
+fn bind_reuseport(addr: &str) -> std::io::Result<i32> {
+    let target = parse(addr).map_err(std::io::Error::other)?;
+    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscalls on a descriptor this function owns.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let one: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: `one` is a valid int for the option's duration.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const one).cast(), 4);
+        }
+    }
+    let (storage, len) = sockaddr(&target);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    if unsafe { libc::bind(fd, (&raw const storage).cast(), len) } != 0 {
+        let error = std::io::Error::last_os_error();
+        close(fd);
+        return Err(error);
+    }
+    Ok(fd)
+}
+
+fn close(fd: i32) {
+    // SAFETY: `fd` is owned by the caller and not used afterwards.
+    unsafe { libc::close(fd) };
+}
+
+fn serve_reuseport(addr: &str) -> Result<bool> {
+    let fd = bind_reuseport(addr).map_err(|e| e.to_string())?;
+    // SAFETY: `fd` is a bound TCP socket we own; ownership moves to the
+    // listener, which closes it.
+    let listener = unsafe {
+        if libc::listen(fd, 64) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    println!("listening {addr}");
+    for mut stream in listener.incoming().flatten() {
+        let _ = stream.write_all(b"ok\n");
+    }
+    Ok(true)
 }
