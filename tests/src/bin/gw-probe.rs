@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         ["loop", "tcp", addr, count, gap] => connect_loop(addr, count, gap),
         ["move-then-connect", procs, addr] => report(move_then_connect(procs, addr)),
         ["serve-reuseport", addr] => serve_reuseport(addr),
-        ["bind-reuseport-close", addr] => report(bind_reuseport(addr).map(|fd| close(fd))),
+        ["bind-reuseport-close", addr] => report(bind_reuseport(addr).map(close)),
         _ => {
             eprintln!("usage: see the module documentation of gw-probe");
             return ExitCode::from(2);
