@@ -18,6 +18,9 @@ pub mod identity {
     pub const WORLD: u32 = 2;
     /// A cgroup inside a managed subtree that the agent has not classified yet.
     pub const UNCLASSIFIED: u32 = 3;
+    /// An address of the agent's own network namespace, as a source seen on
+    /// ingress: whatever sent from there was judged when it connected.
+    pub const THIS_HOST: u32 = 4;
     /// The first number handed to a workload identity.
     pub const FIRST_DYNAMIC: u32 = 16;
 }

@@ -102,7 +102,11 @@ pub fn destination_identity(netns: u64, addr: &[u8; 16], port: u16, proto: u8, s
     if let Some(tag) = listener_tag(netns, addr, port, proto) {
         return identity_of(&tag, slot);
     }
-    address_identity(addr)
+    match address_identity(addr) {
+        // This host's own addresses with no listener: nothing to name.
+        identity::THIS_HOST => identity::WORLD,
+        other => other,
+    }
 }
 
 /// The identity the address map gives an address, or `world`.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use gridward_common::{COMM_LEN, hook, ipv4_mapped, protocol, verdict};
+use gridward_common::{COMM_LEN, hook, identity, ipv4_mapped, protocol, verdict};
 
 use crate::{
     decide::decide_ingress,
@@ -129,6 +129,10 @@ fn judge(ctx: &SkBuffContext, packet: &Packet) -> i32 {
         None => tag_for_skb(ctx),
     };
     let src_identity = address_identity(&packet.src);
+    if src_identity == identity::THIS_HOST {
+        // Sent from this host's own namespace: judged at its connect.
+        return KEEP;
+    }
     let dst_identity = identity_of(&tag, slot);
     let decision =
         decide_ingress(slot, src_identity, dst_identity, packet.dst_port, packet.protocol);

@@ -22,8 +22,8 @@ fn print_text(s: &Status) {
     println!("mode         {}", s.mode);
     println!("policy       revision {} in slot {}", s.revision, s.active_slot);
     println!(
-        "kernel       {} identity entries, {} rule entries, {} listeners",
-        s.identity_entries, s.rule_entries, s.listeners
+        "kernel       {} identity entries, {} rule entries, {} listeners, {} addresses",
+        s.identity_entries, s.rule_entries, s.listeners, s.addresses
     );
     println!(
         "cgroups      {} ({} managed subtree(s): {})",

@@ -90,6 +90,7 @@ pub fn reserved_identity_name(number: u32) -> String {
         identity::HOST => "host".into(),
         identity::WORLD => "world".into(),
         identity::UNCLASSIFIED => "unclassified".into(),
+        identity::THIS_HOST => "this-host".into(),
         other => format!("identity-{other}"),
     }
 }

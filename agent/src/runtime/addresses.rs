@@ -39,6 +39,11 @@ fn first_pid(dir: &Path) -> Option<u32> {
     text.lines().find_map(|line| line.trim().parse().ok())
 }
 
+/// The addresses of the agent's own network namespace.
+pub fn own_namespace() -> Vec<IpAddr> {
+    interface_addresses()
+}
+
 /// Enters the namespace on a thread of its own (setns changes only the
 /// calling thread) and lists its addresses there.
 fn addresses_in(ns_path: &Path) -> Vec<IpAddr> {

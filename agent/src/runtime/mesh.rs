@@ -57,8 +57,6 @@ struct Mesh {
     shared: Arc<Shared>,
     rotation: Arc<RotationManager>,
     claims: Mutex<ClaimBook>,
-    /// Address entries written to the kernel, to remove them when they lapse.
-    published: Mutex<HashMap<IpAddr, u32>>,
     /// Proofs this host started: when each was made and when it lapses.
     proofs: Mutex<HashMap<WantedPair, (SystemTime, SystemTime)>>,
     /// The last failure reported per pair, so a failure is one event, not
@@ -78,7 +76,6 @@ pub async fn start(shared: Arc<Shared>, config: &Config) -> Result<(), MeshError
         shared,
         rotation: Arc::clone(&rotation),
         claims: Mutex::new(ClaimBook::new()),
-        published: Mutex::new(HashMap::new()),
         proofs: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         options: PeeringOptions::default(),
@@ -165,6 +162,8 @@ async fn prove_loop(mesh: Arc<Mesh>) {
         track_svids(&mesh.rotation, &mut tracked, &locals);
         // A pair no rule wants any more (or whose workload left) starts over.
         mesh.proofs.lock().await.retain(|pair, _| wanted.contains(pair));
+        // Claims lapse with their proofs.
+        publish_addresses(&mesh).await;
         for pair in wanted {
             if locals.contains(&pair.target) {
                 prove_locally(&mesh, &pair).await;
@@ -389,8 +388,8 @@ async fn record_proof(
     publish_addresses(mesh).await;
 }
 
-/// Brings the kernel's address entries in line with the claims that count:
-/// claimed and proven by the same peer, and not claimed by two identities.
+/// Hands the claims that count (claimed and proven by the same peer, not
+/// claimed by two identities) to the address book.
 async fn publish_addresses(mesh: &Mesh) {
     let now = SystemTime::now();
     let book = mesh.claims.lock().await;
@@ -404,23 +403,13 @@ async fn publish_addresses(mesh: &Mesh) {
     }
     drop(book);
     let mut state = mesh.shared.state.lock().await;
-    let mut published = mesh.published.lock().await;
-    for (address, id) in &wanted {
-        let Some(number) = state.known_number(id) else { continue };
-        if published.get(address) != Some(&number) {
-            if let Err(error) = state.maps.set_address(mapped(address), number) {
-                tracing::warn!(error = %crate::error_chain(&error), "cannot write an address");
-                continue;
-            }
-            published.insert(*address, number);
-        }
-    }
-    let lapsed: Vec<IpAddr> =
-        published.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
-    for address in lapsed {
-        let _ = state.maps.remove_address(mapped(&address));
-        published.remove(&address);
-    }
+    let remote: HashMap<IpAddr, u32> = wanted
+        .iter()
+        .filter_map(|(address, id)| Some((*address, state.known_number(id)?)))
+        .collect();
+    let Ok(mut addresses) = mesh.shared.addresses.lock() else { return };
+    addresses.set_remote(remote);
+    addresses.publish(&mut state.maps);
 }
 
 /// Answers peers: each connection is one handshake and one claims exchange.
@@ -493,12 +482,5 @@ fn boot_ns_at(at: SystemTime) -> u64 {
     match at.duration_since(now) {
         Ok(ahead) => boot.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
         Err(_) => boot,
-    }
-}
-
-fn mapped(address: &IpAddr) -> [u8; 16] {
-    match address {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
     }
 }

@@ -5,6 +5,7 @@
 //! by an empty policy; the tree watch starts before the final rescan, so no
 //! cgroup created meanwhile is missed; "ready" is logged only after all that.
 
+mod address_book;
 mod addresses;
 mod mesh;
 mod state;
@@ -85,6 +86,8 @@ pub struct Shared {
     /// The selectors in force, for attesting Workload API callers without
     /// waiting on the state lock.
     pub classifier: std::sync::RwLock<crate::policy::Classifier>,
+    /// The kernel's address map and where its entries come from.
+    pub addresses: std::sync::Mutex<address_book::AddressBook>,
     pub paths: ScopePaths,
     pub cgroup_mount: PathBuf,
 }
@@ -104,7 +107,8 @@ impl Shared {
 
     pub async fn status(&self) -> status::Status {
         let state = self.state.lock().await;
-        status::Status::collect(&state, &self.paths, &self.cgroup_mount)
+        let addresses = self.addresses.lock().map_or(0, |book| book.published());
+        status::Status::collect(&state, &self.paths, &self.cgroup_mount, addresses)
     }
 
     /// Reloads the config file the agent started with (SIGHUP or the API).
@@ -174,6 +178,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let shared = Arc::new(Shared {
         trust_domain: state.config.trust_domain.clone(),
         classifier: std::sync::RwLock::new(crate::policy::Classifier::new(&state.config)),
+        addresses: std::sync::Mutex::new(address_book::AddressBook::default()),
         state: Mutex::new(state),
         events: events_tx.clone(),
         audit: audit_tx.clone(),
@@ -195,6 +200,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     });
     tokio::spawn(api::serve(listener, Arc::clone(&shared)));
+    tokio::spawn(address_book::watch_local(Arc::clone(&shared)));
     mesh::start(Arc::clone(&shared), &mesh_config).await?;
     tokio::spawn(watch_tree(watcher, Arc::clone(&shared)));
 

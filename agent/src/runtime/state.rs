@@ -362,6 +362,17 @@ impl AgentState {
             .or_else(|| self.remote.iter().find(|(_, remote)| *remote == id).map(|(n, _)| *n))
     }
 
+    /// Every local identity with the directories of its cgroups.
+    pub fn identity_cgroup_dirs(&self) -> Vec<(u32, Vec<PathBuf>)> {
+        let mut by_identity: BTreeMap<u32, Vec<PathBuf>> = BTreeMap::new();
+        for (path, cgroup) in &self.cgroups {
+            if let (Some(number), Some(_)) = (cgroup.identity, &cgroup.spiffe_id) {
+                by_identity.entry(number).or_default().push(workloads::join(&self.scope_dir, path));
+            }
+        }
+        by_identity.into_iter().collect()
+    }
+
     /// The directories of the cgroups that carry a local identity.
     pub fn cgroup_dirs_of(&self, id: &SpiffeId) -> Vec<PathBuf> {
         self.cgroups

@@ -26,6 +26,8 @@ pub struct Status {
     pub identity_entries: usize,
     pub rule_entries: usize,
     pub listeners: usize,
+    /// Entries of the address map (local pods, this host, proven remotes).
+    pub addresses: usize,
     pub counters: Vec<Counter>,
     /// The busiest identity pairs by exact kernel count.
     pub pairs: Vec<PairCount>,
@@ -72,7 +74,12 @@ pub struct Counter {
 }
 
 impl Status {
-    pub fn collect(state: &AgentState, paths: &ScopePaths, cgroup_mount: &Path) -> Self {
+    pub fn collect(
+        state: &AgentState,
+        paths: &ScopePaths,
+        cgroup_mount: &Path,
+        addresses: usize,
+    ) -> Self {
         let flags = |n: u32| state.compiled.identities.get(&n).copied().unwrap_or(0);
         let workloads = state
             .live_identities()
@@ -110,6 +117,7 @@ impl Status {
             identity_entries: state.compiled.identities.len(),
             rule_entries: state.compiled.rules.len(),
             listeners: state.maps.listener_count(),
+            addresses,
             counters: counters(state),
             pairs: top_pairs(state),
             proofs: proofs(state),
