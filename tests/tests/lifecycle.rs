@@ -206,3 +206,63 @@ fn an_overlapping_scope_is_refused() {
     assert!(!status.success());
     assert!(line.contains("overlaps"), "{line}");
 }
+
+#[test]
+fn teardown_refuses_while_the_agent_runs() {
+    if !kernel_tests_enabled("teardown_running") {
+        return;
+    }
+    let mut scope = grid_scope("tdrun");
+    scope.serve("/grid/payments", "tcp", "127.0.0.1:18465");
+    let _agent = Agent::start(&scope, &GRID_POLICY.replace("8443", "18465"));
+    let out = std::process::Command::new(gridward_bin())
+        .args(["teardown", "--scope", &scope.scope])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18465"]), "denied");
+}
+
+#[test]
+fn idle_api_clients_cannot_starve_the_agent() {
+    if !kernel_tests_enabled("api_flood") {
+        return;
+    }
+    let scope = grid_scope("apiflood");
+    let agent = Agent::start(&scope, GRID_POLICY);
+    // Far more idle connections than the agent serves at once.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..300)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).ok())
+        .collect();
+    assert!(idle.len() >= 64);
+    // The idle ones time out; status answers again within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while agent.status().is_none() {
+        assert!(std::time::Instant::now() < deadline, "status never answered again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+    let log = agent.log_text();
+    assert!(
+        log.lines().count() < 1_000,
+        "the agent flooded its log: {} lines",
+        log.lines().count()
+    );
+}
+
+#[test]
+fn a_restart_continues_the_policy_revision() {
+    if !kernel_tests_enabled("revision_continues") {
+        return;
+    }
+    let scope = grid_scope("revision");
+    let mut agent = Agent::start(&scope, GRID_POLICY);
+    let (ok, _) = agent.reload();
+    assert!(ok);
+    let before = agent.status().unwrap()["revision"].as_u64().unwrap();
+    agent.kill9();
+    agent.restart(&scope);
+    let after = agent.status().unwrap()["revision"].as_u64().unwrap();
+    assert!(after > before, "revision went from {before} to {after}");
+}

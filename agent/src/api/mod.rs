@@ -4,19 +4,27 @@
 
 pub mod client;
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::broadcast,
+    sync::{Semaphore, broadcast},
 };
 
 use crate::{events::EventRecord, runtime::Shared};
 
 /// Longest request line accepted; requests are tiny.
 const MAX_REQUEST_BYTES: u64 = 4096;
+/// A client must send its request within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once (observers included); more are closed at
+/// once, so that idle clients cannot take every descriptor the agent has.
+const MAX_CONNECTIONS: usize = 64;
+/// Pause after a failed accept (for example no descriptors left), so that
+/// the loop neither spins nor floods the log.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -54,16 +62,23 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
-                tracing::warn!(%error, "api accept failed");
+                tracing::warn!(%error, "api accept failed; pausing");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("api connection refused: too many open");
+            continue;
+        };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(error) = handle(stream, shared).await {
                 tracing::debug!(%error, "api connection ended");
             }
@@ -80,7 +95,11 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
         return Ok(());
     }
     let mut line = String::new();
-    BufReader::new(read).take(MAX_REQUEST_BYTES).read_line(&mut line).await?;
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(read) => read?,
+        Err(_) => return Ok(()),
+    };
     let request: Request = match serde_json::from_str(line.trim()) {
         Ok(request) => request,
         Err(error) => {

@@ -205,6 +205,14 @@ async fn reload(socket: &Path) -> CliResult {
 fn teardown(scope: &str) -> CliResult {
     let bpffs = loader::mounts::bpffs_mount(Path::new(paths::DEFAULT_BPFFS))?;
     let paths = paths::ScopePaths::new(&bpffs, scope);
+    if crate::runtime::scope_is_locked(&paths) {
+        eprintln!(
+            "an agent is running for scope {scope}; stop it first (teardown would leave it \
+             running without enforcement)"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let _ = std::fs::remove_dir_all(&paths.runtime);
     if loader::teardown(&paths)? {
         println!("removed the programs and pins of scope {scope}");
     } else {

@@ -241,9 +241,55 @@ impl Direction {
 /// Parses and validates config text. `origin` names it in errors (usually
 /// the file name).
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    if let Some(problem) = too_deep(text) {
+        return Err(ConfigError::invalid(origin, vec![problem]));
+    }
     let raw =
         raw::deserialize(text).map_err(|problem| ConfigError::invalid(origin, vec![problem]))?;
     check::build(raw).map_err(|found| ConfigError::invalid(origin, locate::place_all(text, found)))
+}
+
+/// Deepest nesting accepted. Real configs nest four or five levels; the
+/// YAML parser's cost grows with the square of the depth, so a hostile file
+/// could otherwise hold the agent for minutes.
+const MAX_NESTING: usize = 64;
+
+/// Finds nesting deeper than [`MAX_NESTING`] before the parser sees it:
+/// flow brackets outside quotes, sequence dashes on one line, and
+/// indentation (one column per level at the least).
+fn too_deep(text: &str) -> Option<Problem> {
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    for (index, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let dashes = line.trim_start().split("- ").take_while(|part| part.is_empty()).count();
+        let mut deepest = indent / 2 + dashes;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            deepest = deepest.max(indent / 2 + flow);
+        }
+        if deepest > MAX_NESTING {
+            let message = format!(
+                "nesting deeper than {MAX_NESTING} levels; a gridward config never needs more \
+                 than a few"
+            );
+            return Some(Problem {
+                line: Some(index + 1),
+                column: Some(1),
+                field: String::new(),
+                message,
+            });
+        }
+    }
+    None
 }
 
 /// Reads, parses and validates a config file.

@@ -613,3 +613,13 @@ fn aliases_work_and_merge_keys_are_refused_plainly() {
          fields out"
     );
 }
+
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    let deep = format!("trust_domain: d\nrules: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let error = one_error(&deep);
+    assert!(error.contains("nesting deeper than 64 levels"), "{error}");
+    assert!(error.starts_with("policy.yaml:2:1:"), "{error}");
+    let dashes = format!("trust_domain: d\nrules:\n{}x\n", "- ".repeat(200));
+    assert!(one_error(&dashes).contains("nesting deeper"));
+}

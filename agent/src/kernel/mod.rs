@@ -83,6 +83,11 @@ impl KernelMaps {
         Ok(active.slot & 1)
     }
 
+    /// The revision held by `slot` (0 for a fresh map).
+    pub fn revision(&self, slot: u32) -> Result<u32> {
+        Ok(self.slots.get(&slot, 0).map_err(read(maps::SLOTS))?.revision)
+    }
+
     /// Fills the inactive slot with `policy` and the cgroups' identities under
     /// it, then makes it the active slot. Returns the slot now active.
     /// `rule_flags[i]` holds the flags of rule id `i + 1`.

@@ -113,14 +113,19 @@ impl Shared {
 
     /// Reloads the config file the agent started with (SIGHUP or the API).
     pub async fn reload(&self) -> ReloadReply {
-        let mut state = self.state.lock().await;
-        let Some(path) = state.config_path.clone() else {
+        let path = self.state.lock().await.config_path.clone();
+        let Some(path) = path else {
             return refused("the agent runs the embedded default config; start it with --config");
         };
-        let config = match config::load(&path) {
-            Ok(config) => config,
-            Err(error) => return refused(&error.to_string()),
+        // Parsing is done without the state lock: enforcement, status and
+        // the cgroup watch go on while a large or hostile file is read.
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let config = match loaded {
+            Ok(Ok(config)) => config,
+            Ok(Err(error)) => return refused(&error.to_string()),
+            Err(_) => return refused("the config reader stopped unexpectedly"),
         };
+        let mut state = self.state.lock().await;
         if config.scope != state.config.scope {
             return refused("the scope cannot change on reload; restart the agent");
         }
@@ -147,6 +152,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     if unsafe { libc::geteuid() } != 0 {
         return Err(RunError::NotRoot);
     }
+    raise_file_limit();
     let cgroup_mount = mounts::cgroup2_mount()?;
     let bpffs = mounts::bpffs_mount(Path::new(paths::DEFAULT_BPFFS))?;
     let scope_dir = workloads::join(&cgroup_mount, &config.scope);
@@ -239,6 +245,33 @@ async fn wait_for_signals(shared: &Arc<Shared>) {
     }
 }
 
+/// Raises the open-file limit to its hard maximum: every API client,
+/// watched directory and map holds a descriptor.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is valid for reads and writes for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Whether an agent holds the scope's lock now.
+pub fn scope_is_locked(paths: &ScopePaths) -> bool {
+    let Ok(file) = File::open(paths.lock_file()) else { return false };
+    // SAFETY: the descriptor is valid for the duration of the calls.
+    unsafe {
+        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            return false;
+        }
+    }
+    true
+}
+
 /// Refuses a scope inside or around another agent's scope.
 fn check_overlap(bpffs: &Path, scope: &str) -> Result<(), RunError> {
     let root = bpffs.join(paths::PIN_ROOT_NAME);
@@ -270,12 +303,17 @@ fn lock_scope(paths: &ScopePaths) -> Result<File, RunError> {
     let lock = paths.lock_file();
     let file =
         File::create(&lock).map_err(|source| RunError::Prepare { path: lock.clone(), source })?;
-    // SAFETY: the descriptor is valid for the duration of the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(RunError::AlreadyRunning { scope: paths.scope.clone(), lock });
+    // A killed agent's lock is released only once the process is fully
+    // gone, which can take a moment: try for up to two seconds.
+    for _ in 0..20 {
+        // SAFETY: the descriptor is valid for the duration of the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Ok(file)
+    Err(RunError::AlreadyRunning { scope: paths.scope.clone(), lock })
 }
 
 fn prepare_api(path: &Path) -> Result<tokio::net::UnixListener, RunError> {
@@ -336,9 +374,23 @@ fn start_watch(state: &mut AgentState) -> Result<TreeWatcher, RunError> {
     Ok(watcher)
 }
 
+/// How long after a failed cgroup change the whole scope is rescanned.
+const RESCAN_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn watch_tree(mut watcher: TreeWatcher, shared: Arc<Shared>) {
+    let mut failed = false;
     loop {
-        let changes = match watcher.next_changes().await {
+        let next = if failed {
+            // A change that failed (no descriptors, say) is made good by a
+            // rescan soon, rather than leaving its cgroup unclassified.
+            match tokio::time::timeout(RESCAN_AFTER_FAILURE, watcher.next_changes()).await {
+                Ok(changes) => changes,
+                Err(_) => Ok(vec![TreeChange::Overflow]),
+            }
+        } else {
+            watcher.next_changes().await
+        };
+        let changes = match next {
             Ok(changes) => changes,
             Err(error) => {
                 tracing::error!(%error, "cgroup watch failed; new cgroups stay unclassified");
@@ -346,13 +398,15 @@ async fn watch_tree(mut watcher: TreeWatcher, shared: Arc<Shared>) {
             }
         };
         let mut state = shared.state.lock().await;
+        failed = false;
         for change in changes {
-            apply_change(&mut watcher, &mut state, change);
+            failed |= !apply_change(&mut watcher, &mut state, change);
         }
     }
 }
 
-fn apply_change(watcher: &mut TreeWatcher, state: &mut AgentState, change: TreeChange) {
+/// Applies one change; false when it failed.
+fn apply_change(watcher: &mut TreeWatcher, state: &mut AgentState, change: TreeChange) -> bool {
     let result = match change {
         TreeChange::Created(path) => {
             // Watch first, then walk: children made in between are found.
@@ -375,7 +429,11 @@ fn apply_change(watcher: &mut TreeWatcher, state: &mut AgentState, change: TreeC
             })
         }
     };
-    if let Err(error) = result {
-        tracing::error!(error = %crate::error_chain(&error), "cannot apply a cgroup change");
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(error = %crate::error_chain(&error), "cannot apply a cgroup change");
+            false
+        }
     }
 }

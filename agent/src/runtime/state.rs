@@ -71,6 +71,9 @@ impl AgentState {
     ) -> Self {
         let classifier = Classifier::new(&config);
         let subtrees = classifier.managed_subtrees();
+        // Revisions go on from what an earlier agent left in the pins, so
+        // events never repeat a revision number.
+        let revision = maps.active_slot().and_then(|slot| maps.revision(slot)).unwrap_or(0);
         Self {
             config,
             config_path,
@@ -83,7 +86,7 @@ impl AgentState {
             live: BTreeMap::new(),
             remote: BTreeMap::new(),
             compiled: CompiledPolicy::default(),
-            revision: 0,
+            revision,
             names,
         }
     }
