@@ -175,10 +175,14 @@ fn run_pki(work: &Path) -> Result<()> {
 /// namespace `ns`.
 fn pod_command(scope: &Path, service: &str, ns: &str) -> Command {
     let procs = scope.join("shop").join(service).join("cgroup.procs");
+    // The shell moves itself into the cgroup, then enters the namespace and
+    // becomes the probe (nsenter rather than `ip netns exec`, which would
+    // remount /sys).
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg("echo $$ > \"$0\" && exec nsenter --net=\"$1\" \"$2\" \"${@:3}\"")
+        .arg("echo $$ > \"$1\" && ns=\"$2\" && shift 2 && exec nsenter --net=\"$ns\" \"$@\"")
+        .arg("sh")
         .arg(procs)
         .arg(format!("/run/netns/{ns}"))
         .arg(bin("gw-probe"));

@@ -84,15 +84,18 @@ fn print_event(event: &EventRecord, output: Output) -> Result<(), serde_json::Er
         None => event.reason.clone(),
     };
     let repeats = if event.repeats > 1 { format!(" x{}", event.repeats) } else { String::new() };
+    let origin = match (event.hook.as_str(), event.pid) {
+        ("peering", _) => format!(" [peer {}]", event.dst_addr),
+        (_, 0) => format!(" [{}]", event.hook),
+        _ => format!(" [{} pid {}]", event.comm, event.pid),
+    };
     println!(
-        "{:<24} {:<10} {:<44} {:<44} {:<9} {why}{repeats} [{} pid {}]",
+        "{:<24} {:<10} {:<44} {:<44} {:<9} {why}{repeats}{origin}",
         event.time,
         event.verdict,
         event.src,
         event.dst,
         format!("{}/{}", event.dst_port, event.protocol),
-        event.comm,
-        event.pid
     );
     Ok(())
 }
