@@ -3,6 +3,7 @@
 mod ca;
 mod observe;
 mod status;
+mod workload;
 
 use std::{
     path::{Path, PathBuf},
@@ -65,6 +66,14 @@ pub enum Command {
     /// Check or reload a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Fetch this process's X.509-SVID from the agent's SPIFFE Workload API,
+    /// as a workload would, and print its SPIFFE ID.
+    #[command(name = "workload-fetch")]
+    WorkloadFetch {
+        /// The Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// The built-in CA, and issuing SVIDs to files.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -158,6 +167,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Policy(PolicyCommand::Reload { target }) => reload(&target.socket()?).await,
         Command::Teardown { target } => teardown(&target.scope()?),
         Command::Ca(command) => ca::run(command),
+        Command::WorkloadFetch { socket } => workload::fetch(socket).await,
     }
 }
 

@@ -18,6 +18,9 @@ fn print_text(s: &Status) {
     println!("scope        {} (cgroup2 at {})", s.scope, s.cgroup_mount);
     println!("pins         {}", s.pins);
     println!("config       {}", s.config);
+    if let Some(socket) = &s.workload_api {
+        println!("workload api {socket}");
+    }
     println!("trust domain {}", s.trust_domain);
     println!("mode         {}", s.mode);
     println!("policy       revision {} in slot {}", s.revision, s.active_slot);

@@ -14,6 +14,8 @@ pub struct Status {
     pub scope: String,
     pub cgroup_mount: String,
     pub pins: String,
+    /// The SPIFFE Workload API socket, when the agent serves one.
+    pub workload_api: Option<String>,
     pub config: String,
     pub trust_domain: String,
     pub mode: String,
@@ -102,6 +104,11 @@ impl Status {
             scope: paths.scope.clone(),
             cgroup_mount: cgroup_mount.display().to_string(),
             pins: paths.pins.display().to_string(),
+            workload_api: state
+                .config
+                .identity
+                .as_ref()
+                .map(|_| paths.workload_api_socket().display().to_string()),
             config: state
                 .config_path
                 .as_ref()
