@@ -325,6 +325,13 @@ impl Agent {
         (out.status.success(), text)
     }
 
+    /// Sends SIGHUP, which makes the agent reload its config file.
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap();
+        // SAFETY: the pid is our own child's, still running.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+
     /// Ends the agent with SIGKILL: no cleanup of its own runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

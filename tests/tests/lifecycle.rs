@@ -266,3 +266,29 @@ fn a_restart_continues_the_policy_revision() {
     let after = agent.status().unwrap()["revision"].as_u64().unwrap();
     assert!(after > before, "revision went from {before} to {after}");
 }
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    if !kernel_tests_enabled("sighup") {
+        return;
+    }
+    let mut scope = grid_scope("sighup");
+    scope.serve("/grid/payments", "tcp", "127.0.0.1:18466");
+    let agent = Agent::start(&scope, &GRID_POLICY.replace("8443", "18466"));
+    assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18466"]), "denied");
+
+    // The new policy lets the exchange in as well.
+    let both = GRID_POLICY.replace("8443", "18466").replace(
+        "from: [\"spiffe://grid.local/sa/gateway\"]",
+        "from: [\"spiffe://grid.local/sa/gateway\", \"spiffe://grid.local/sa/exchange\"]",
+    );
+    std::fs::write(&agent.config, Agent::config_text(&scope, &both)).unwrap();
+    let before = agent.status().unwrap()["revision"].as_u64().unwrap();
+    agent.hangup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent.status().unwrap()["revision"].as_u64().unwrap() == before {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18466"]), "ok");
+}
