@@ -42,11 +42,12 @@ pub mod maps {
     pub const EVENTS: &str = "gw_event_v1";
     pub const BOUND: &str = "gw_bound_v1";
     pub const AUTH: &str = "gw_auth_v1";
+    pub const FLOWS: &str = "gw_flow_v1";
 
     /// Every map the agent pins, in one list.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CGROUPS, SUBTREES, SOCKETS, LISTENERS, IPCACHE, IDENTITIES, RULES, ACTIVE, SLOTS, PAIRS,
-        STATS, EVENTS, BOUND, AUTH,
+        STATS, EVENTS, BOUND, AUTH, FLOWS,
     ];
 
     pub const CGROUPS_MAX: u32 = 65_536;
@@ -61,6 +62,8 @@ pub mod maps {
     pub const PAIRS_MAX: u32 = 65_536;
     /// Authenticated identity pairs.
     pub const AUTH_MAX: u32 = 65_536;
+    /// UDP flows whose replies are let through (least recently used go).
+    pub const FLOWS_MAX: u32 = 65_536;
     /// Ring buffer size in bytes; a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -118,7 +121,11 @@ pub mod reason {
     pub const UNCLASSIFIED: u8 = 5;
     /// A rule allows the pair only with mutual TLS, and no live proof exists.
     pub const NO_AUTH: u8 = 6;
-    pub const COUNT: usize = 7;
+    /// A UDP reply on a flow that was allowed the other way.
+    pub const REPLY: u8 = 7;
+    /// Source and destination are one identity: no movement to anyone else.
+    pub const SAME_IDENTITY: u8 = 8;
+    pub const COUNT: usize = 9;
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -270,6 +277,21 @@ pub mod rule_flags {
     pub const REQUIRE_MTLS: u32 = 1;
 }
 
+/// Key of `FLOWS`: a UDP flow a client opened to a server's port; the
+/// server's datagrams from that port back to the client are replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client_identity: u32,
+    pub server_identity: u32,
+    /// Host byte order.
+    pub server_port: u16,
+    pub _pad: u16,
+}
+
+/// How long a UDP flow's replies are let through after its last datagram.
+pub const UDP_FLOW_TIMEOUT_NS: u64 = 120_000_000_000;
+
 /// Key of `AUTH`: an identity pair that proved itself with mutual TLS.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -418,6 +440,7 @@ const _: () = {
     assert!(core::mem::size_of::<PairStats>() == 24);
     assert!(core::mem::size_of::<Event>() == 112);
     assert!(core::mem::size_of::<AuthKey>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 12);
     assert!(core::mem::size_of::<AuthEntry>() == 16);
 };
 
@@ -453,6 +476,7 @@ mod pod {
         Event,
         AuthKey,
         AuthEntry,
+        FlowKey,
     );
 }
 

@@ -15,13 +15,30 @@ use aya_ebpf::{
 use gridward_common::{hook, ipv4_mapped, protocol, verdict};
 
 use crate::{
-    decide::decide,
+    decide::{Decision, decide},
+    flows,
     listeners::{destination_identity, effective_destination},
     maps::{active_slot, revision},
     report::{Call, report},
     sock::ipv6_bytes,
     tag::{identity_of, tag_of_socket},
 };
+
+/// Lets a UDP reply through, and records a flow whose replies will need it.
+#[inline(always)]
+fn udp_flow(ctx: &SockAddrContext, decision: &mut Decision, src: u32, dst: u32, port: u16) {
+    if decision.verdict == verdict::ALLOW {
+        if decision.src_isolated_ingress {
+            flows::note(src, dst, port);
+        }
+        return;
+    }
+    // SAFETY: sock_addr programs always have a socket; src_port is readable.
+    let local_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
+    if local_port != 0 && flows::is_reply(dst, src, local_port) {
+        decision.as_reply();
+    }
+}
 
 /// sock_addr programs must return exactly 0 (refuse, EPERM) or 1 (proceed).
 const REFUSE: i32 = 0;
@@ -98,7 +115,10 @@ fn judge(
     let src_identity = identity_of(&tag, slot);
     let target = effective_destination(&addr);
     let dst_identity = destination_identity(netns, &target, port, proto, slot);
-    let decision = decide(slot, src_identity, dst_identity, port, proto);
+    let mut decision = decide(slot, src_identity, dst_identity, port, proto);
+    if proto == protocol::UDP {
+        udp_flow(ctx, &mut decision, src_identity, dst_identity, port);
+    }
 
     let call = Call {
         hook,

@@ -16,6 +16,19 @@ pub struct Decision {
     pub reason: u8,
     /// The rule that allowed it, or 0 when no rule decided.
     pub rule_id: u32,
+    /// Whether the source is isolated for ingress (its UDP flows need their
+    /// replies let through).
+    pub src_isolated_ingress: bool,
+}
+
+impl Decision {
+    /// Overrides a refusal: the datagram answers a flow allowed the other way.
+    #[inline(always)]
+    pub fn as_reply(&mut self) {
+        self.verdict = verdict::ALLOW;
+        self.reason = reason::REPLY;
+        self.rule_id = 0;
+    }
 }
 
 /// The outcome of one side's check (egress at the source, ingress at the
@@ -35,10 +48,18 @@ enum Side {
 #[inline(always)]
 pub fn decide(slot: u32, src: u32, dst: u32, port: u16, protocol: u8) -> Decision {
     let src_flags = flags_of(slot, src);
+    let src_isolated_ingress = src_flags & ident_flags::ISOLATED_INGRESS != 0;
+    if src == dst && src >= identity::FIRST_DYNAMIC {
+        // A workload reaching its own identity moves nowhere new.
+        let reason = reason::SAME_IDENTITY;
+        return Decision { verdict: verdict::ALLOW, reason, rule_id: 0, src_isolated_ingress };
+    }
     let dst_flags = flags_of(slot, dst);
     let egress = check(slot, direction::EGRESS, src, dst, port, protocol, src_flags);
     let ingress = check(slot, direction::INGRESS, src, dst, port, protocol, dst_flags);
-    combine(egress, ingress)
+    let mut decision = combine(egress, ingress);
+    decision.src_isolated_ingress = src_isolated_ingress;
+    decision
 }
 
 /// The verdict for a packet from another host: only the destination's
@@ -58,19 +79,29 @@ fn combine(egress: Side, ingress: Side) -> Decision {
     for side in [&ingress, &egress] {
         if let Side::Refused { reason, observe } = side {
             if !observe {
-                return Decision { verdict: verdict::DENY, reason: *reason, rule_id: 0 };
+                let (verdict, reason) = (verdict::DENY, *reason);
+                return Decision { verdict, reason, rule_id: 0, src_isolated_ingress: false };
             }
             audit = Some(*reason);
         }
     }
     if let Some(reason) = audit {
-        return Decision { verdict: verdict::AUDIT, reason, rule_id: 0 };
+        let verdict = verdict::AUDIT;
+        return Decision { verdict, reason, rule_id: 0, src_isolated_ingress: false };
     }
     match (ingress, egress) {
-        (Side::Allowed { rule_id }, _) | (_, Side::Allowed { rule_id }) => {
-            Decision { verdict: verdict::ALLOW, reason: reason::RULE, rule_id }
-        }
-        _ => Decision { verdict: verdict::ALLOW, reason: reason::NOT_ISOLATED, rule_id: 0 },
+        (Side::Allowed { rule_id }, _) | (_, Side::Allowed { rule_id }) => Decision {
+            verdict: verdict::ALLOW,
+            reason: reason::RULE,
+            rule_id,
+            src_isolated_ingress: false,
+        },
+        _ => Decision {
+            verdict: verdict::ALLOW,
+            reason: reason::NOT_ISOLATED,
+            rule_id: 0,
+            src_isolated_ingress: false,
+        },
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod addr;
 mod decide;
+mod flows;
 mod listeners;
 mod maps;
 mod report;

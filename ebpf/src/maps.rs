@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gridward_common::{
-    ActiveSlot, AuthEntry, AuthKey, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey,
-    PairKey, PairStats, RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
+    ActiveSlot, AuthEntry, AuthKey, CgroupEntry, FlowKey, IdentEntry, IdentKey, ListenerEntry,
+    ListenerKey, PairKey, PairStats, RULE_KEY_BYTES, RuleEntry, SlotInfo, SockTag, maps,
 };
 
 /// Allocate entries on insert rather than up front: most tables stay small.
@@ -59,6 +59,10 @@ pub static SLOTS: Array<SlotInfo> = Array::pinned(gridward_common::SLOTS as u32,
 /// Identity pairs proven by mutual TLS, with the proof's expiry.
 #[map(name = "gw_auth_v1")]
 pub static AUTH: HashMap<AuthKey, AuthEntry> = HashMap::pinned(maps::AUTH_MAX, NO_PREALLOC);
+
+/// UDP flows by their client, server and server port -> last datagram (ns).
+#[map(name = "gw_flow_v1")]
+pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::pinned(maps::FLOWS_MAX, 0);
 
 /// Exact per-pair counters behind rate-limited events.
 #[map(name = "gw_pair_v1")]
@@ -111,6 +115,7 @@ const _: () = {
     assert!(same(maps::PAIRS, "gw_pair_v1"));
     assert!(same(maps::STATS, "gw_stat_v1"));
     assert!(same(maps::EVENTS, "gw_event_v1"));
+    assert!(same(maps::FLOWS, "gw_flow_v1"));
 };
 
 const fn same(a: &str, b: &str) -> bool {

@@ -13,6 +13,7 @@ use gridward_common::{COMM_LEN, hook, identity, ipv4_mapped, protocol, verdict};
 
 use crate::{
     decide::decide_ingress,
+    flows,
     listeners::address_identity,
     maps::{SOCKETS, active_slot, revision},
     report::{Call, report},
@@ -134,8 +135,14 @@ fn judge(ctx: &SkBuffContext, packet: &Packet) -> i32 {
         return KEEP;
     }
     let dst_identity = identity_of(&tag, slot);
-    let decision =
+    let mut decision =
         decide_ingress(slot, src_identity, dst_identity, packet.dst_port, packet.protocol);
+    let answers = packet.protocol == protocol::UDP
+        && decision.verdict != verdict::ALLOW
+        && flows::is_reply(dst_identity, src_identity, packet.src_port);
+    if answers {
+        decision.as_reply();
+    }
 
     let call = Call {
         hook: hook::INGRESS,

@@ -293,3 +293,53 @@ fn a_second_binder_of_a_reuseport_key_cannot_unprotect_it() {
     assert_eq!(bound, "ok");
     assert_eq!(scope.probe("/grid/exchange", &["connect", "tcp", "127.0.0.1:18472"]), "denied");
 }
+
+/// The newcomer's case: a UDP request/response service whose client is
+/// itself ingress-isolated. The server's answers are replies, not new flows.
+const UDP_REPLY_POLICY: &str = r#"
+trust_domain: grid.local
+mode: enforce
+workloads:
+  - cgroup: "/grid/<name>"
+    spiffe_id: "spiffe://grid.local/sa/<name>"
+rules:
+  - name: gateway-to-payments
+    from: ["spiffe://grid.local/sa/gateway"]
+    to: ["spiffe://grid.local/sa/payments"]
+    ports: [15354]
+    protocol: udp
+  - name: payments-to-gateway-admin
+    from: ["spiffe://grid.local/sa/payments"]
+    to: ["spiffe://grid.local/sa/gateway"]
+    ports: [19999]
+"#;
+
+#[test]
+fn udp_replies_reach_an_ingress_isolated_client() {
+    if !kernel_tests_enabled("udp_reply") {
+        return;
+    }
+    let mut scope = grid_scope("udpreply");
+    scope.serve("/grid/payments", "udp", "127.0.0.1:15354");
+    let agent = Agent::start(&scope, UDP_REPLY_POLICY);
+    assert_eq!(scope.probe("/grid/gateway", &["connect", "udp", "127.0.0.1:15354"]), "ok");
+    assert_eq!(scope.probe("/grid/gateway", &["sendto", "127.0.0.1:15354"]), "ok");
+    agent.wait_event("reply allowed", |e| e["reason"] == "reply" && e["src"] == PAYMENTS);
+    // Payments still cannot open a flow of its own to the gateway.
+    scope.serve("/grid/gateway", "udp", "127.0.0.1:15398");
+    assert_eq!(scope.probe("/grid/payments", &["sendto", "127.0.0.1:15398"]), "denied");
+}
+
+#[test]
+fn a_workload_reaches_its_own_identity() {
+    if !kernel_tests_enabled("same_identity") {
+        return;
+    }
+    let mut scope = grid_scope("selfid");
+    scope.mkdir("/grid/payments/worker");
+    scope.serve("/grid/payments", "tcp", "127.0.0.1:18473");
+    let agent = Agent::start(&scope, &GRID_POLICY.replace("8443", "18473"));
+    let outcome = scope.probe("/grid/payments/worker", &["connect", "tcp", "127.0.0.1:18473"]);
+    assert_eq!(outcome, "ok");
+    agent.wait_event("same identity", |e| e["reason"] == "same-identity");
+}

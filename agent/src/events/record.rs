@@ -112,6 +112,8 @@ pub fn reason_name(value: u8) -> &'static str {
         reason::NO_INGRESS_RULE => "no-ingress-rule",
         reason::UNCLASSIFIED => "unclassified",
         reason::NO_AUTH => "no-auth",
+        reason::REPLY => "reply",
+        reason::SAME_IDENTITY => "same-identity",
         _ => "unknown",
     }
 }
