@@ -75,6 +75,12 @@ pub fn bin(name: &str) -> PathBuf {
     root().join("target/debug").join(name)
 }
 
+/// The demo's files (configs, logs, audit trails, the demo PKI), removed at
+/// the end: one directory per run, so two runs never share one.
+fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("gridward-demo-{}", std::process::id()))
+}
+
 /// Records a network namespace for the cleanup.
 pub fn remember_netns(name: &str) {
     if let Ok(mut names) = NETNS.lock() {
@@ -103,7 +109,7 @@ fn scenario(hold: bool) -> Result<()> {
     for (service, _) in SERVICES {
         std::fs::create_dir_all(scope.join("shop").join(service))?;
     }
-    let work = std::env::temp_dir().join("gridward-demo");
+    let work = work_dir();
     std::fs::create_dir_all(&work)?;
     let config = work.join("demo.yaml");
     let socket = work.join("api.sock");
@@ -134,7 +140,8 @@ fn scenario(hold: bool) -> Result<()> {
         }
     }
     crate::demo_hosts::run(&cgroup_mount()?, &work)?;
-    say(&format!("audit trails: {}/*.jsonl", work.display()));
+    say("the audit trails (JSON lines) and logs are in a directory removed at the end:");
+    println!("   {}", work.display());
     Ok(())
 }
 
@@ -143,16 +150,24 @@ fn calls(scope: &Path) -> Result<()> {
     call(scope, "transaction-gateway", 8443, "gateway -> payments")?;
     call(scope, "transaction-gateway", 9090, "gateway -> exchange")?;
     call(scope, "payments", 9090, "payments -> exchange")?;
+    settle();
     say("a host process (unmanaged) reaches the gateway (allowed: a rule names `host`)");
     call(scope, "", 8080, "host -> gateway")?;
+    settle();
     say("the currency exchange is compromised and moves laterally (denied)");
     call(scope, "currency-exchange", 8443, "exchange -> payments")?;
     call(scope, "currency-exchange", 8080, "exchange -> gateway")?;
+    settle();
     say("it keeps trying: the kernel counts every attempt, the stream stays calm");
     for _ in 0..20 {
         quiet_call(scope, "currency-exchange", 8443)?;
     }
     Ok(())
+}
+
+/// Gives the event stream a moment, so events print under their heading.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(150));
 }
 
 pub fn say(text: &str) {
@@ -290,7 +305,8 @@ fn cleanup() {
         let _ = std::fs::remove_dir(scope.join("shop"));
         let _ = std::fs::remove_dir(&scope);
     }
-    println!("\ndemo cleaned up: processes ended, pins and cgroups removed");
+    let _ = std::fs::remove_dir_all(work_dir());
+    println!("\ndemo cleaned up: processes ended, pins, cgroups, namespaces and files removed");
 }
 
 /// Removes a cgroup directory tree, deepest first.

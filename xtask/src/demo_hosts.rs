@@ -83,8 +83,10 @@ pub fn run(mount: &Path, work: &Path) -> Result<()> {
 
     say("host A's gateway calls payments on host B (the pair was proven before the first SYN)");
     cross_call(&scope_a, "transaction-gateway", "gwdemo-gw", "gateway (A) -> payments (B)")?;
+    demo::settle();
     say("host A's exchange tries payments: its own host refuses it");
     cross_call(&scope_a, "currency-exchange", "gwdemo-ex", "exchange (A) -> payments (B)")?;
+    demo::settle();
     say("a machine with no agent and no proof tries payments: host B drops its SYNs");
     let out = Command::new("nsenter")
         .arg("--net=/run/netns/gwdemo-out")

@@ -124,22 +124,21 @@ pub struct Target {
 impl Target {
     fn scope(&self) -> Result<String, config::ConfigError> {
         match (&self.config, &self.scope) {
-            (Some(path), _) => Ok(config::load(path)?.scope),
+            (Some(path), _) => Ok(config::agent_location(path)?.0),
             (None, Some(scope)) => Ok(scope.clone()),
             (None, None) => Ok("/".to_owned()),
         }
     }
 
+    /// Only the scope and socket are read from a config file: a client must
+    /// reach its agent even while the rest of the file holds a mistake.
     fn socket(&self) -> Result<PathBuf, config::ConfigError> {
         if let Some(socket) = &self.socket {
             return Ok(socket.clone());
         }
         if let Some(path) = &self.config {
-            let config = config::load(path)?;
-            if let Some(socket) = config.api_socket {
-                return Ok(socket);
-            }
-            return Ok(paths::api_socket_for_scope(&config.scope));
+            let (scope, socket) = config::agent_location(path)?;
+            return Ok(socket.unwrap_or_else(|| paths::api_socket_for_scope(&scope)));
         }
         Ok(paths::api_socket_for_scope(&self.scope()?))
     }
@@ -195,7 +194,7 @@ fn check(file: &Path) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            eprintln!("{error}");
+            eprintln!("{}", crate::error_chain(&error));
             Ok(ExitCode::from(2))
         }
     }
@@ -223,6 +222,9 @@ fn teardown(scope: &str) -> CliResult {
         return Ok(ExitCode::from(2));
     }
     let _ = std::fs::remove_dir_all(&paths.runtime);
+    if let Some(dir) = paths.workload_api_socket().parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if loader::teardown(&paths)? {
         println!("removed the programs and pins of scope {scope}");
     } else {

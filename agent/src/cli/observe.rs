@@ -57,7 +57,10 @@ pub async fn observe(args: ObserveArgs) -> CliResult {
     while args.count.is_none_or(|limit| shown < limit) {
         let line: StreamLine = match stream.next().await {
             Ok(line) => line,
-            Err(ClientError::Closed) => break,
+            Err(ClientError::Closed) => {
+                eprintln!("gridward: the agent closed the stream (it stopped or restarted)");
+                return Ok(ExitCode::from(1));
+            }
             Err(error) => return Err(error.into()),
         };
         match line {

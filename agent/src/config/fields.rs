@@ -200,7 +200,11 @@ impl ScalarField for Scope {
         "the scope is empty; write a cgroup path such as /gridward-demo, or / for every cgroup";
 
     fn from_text(text: &str) -> Result<Self, String> {
-        if let Some(inside) = text.strip_prefix("/sys/fs/cgroup") {
+        // Hybrid hosts mount cgroup2 at /sys/fs/cgroup/unified.
+        let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|mount| text == *mount || text.starts_with(&format!("{mount}/")));
+        if let Some(inside) = mount.and_then(|mount| text.strip_prefix(mount)) {
             let relative = if inside.is_empty() { "/" } else { inside };
             return Err(format!(
                 "the scope is relative to the cgroup2 mount; write {relative:?}, not {text:?}"

@@ -292,8 +292,36 @@ fn too_deep(text: &str) -> Option<Problem> {
     None
 }
 
+/// Where the agent of a config file is: its scope and API socket, read
+/// without validating the rest, so that `status` and `observe` still work
+/// while the file holds a mistake that a reload refused.
+pub fn agent_location(path: &Path) -> Result<(String, Option<PathBuf>), ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Location {
+        scope: Option<String>,
+        api_socket: Option<PathBuf>,
+    }
+    let origin = path.display().to_string();
+    let text = read_limited(path)?;
+    if let Some(problem) = too_deep(&text) {
+        return Err(ConfigError::invalid(&origin, vec![problem]));
+    }
+    let location: Location = serde_yaml_ng::from_str(&text).map_err(|error| {
+        let message = format!("cannot find the scope in it: {error}");
+        let problem = Problem { line: None, column: None, field: String::new(), message };
+        ConfigError::invalid(&origin, vec![problem])
+    })?;
+    Ok((location.scope.unwrap_or_else(|| "/".to_owned()), location.api_socket))
+}
+
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_limited(path)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Reads a config file of at most [`MAX_FILE_BYTES`] as UTF-8.
+fn read_limited(path: &Path) -> Result<String, ConfigError> {
     let origin = path.display().to_string();
     let read_error = |source| ConfigError::Read { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(read_error)?;
@@ -303,9 +331,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(ConfigError::TooLarge { origin, max: MAX_FILE_BYTES });
     }
-    let text =
-        error::utf8(bytes).map_err(|problem| ConfigError::invalid(&origin, vec![problem]))?;
-    parse(&text, &origin)
+    error::utf8(bytes).map_err(|problem| ConfigError::invalid(&origin, vec![problem]))
 }
 
 /// The built-in config ([`DEFAULT_YAML`]).

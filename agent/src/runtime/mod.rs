@@ -219,6 +219,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         "agent ready"
     );
     wait_for_signals(&shared).await;
+    // The sockets go with the agent; the pins (enforcement) stay.
+    let _ = std::fs::remove_file(&api_path);
+    let workload_api = shared.paths.workload_api_socket();
+    let _ = std::fs::remove_file(&workload_api);
+    if let Some(dir) = workload_api.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
     tracing::info!(pins = %paths.pins.display(), "agent stopping; enforcement stays in force from the pins (`gridward teardown` removes them)");
     drop(ebpf);
     Ok(())

@@ -127,7 +127,8 @@ impl AgentState {
             slot,
             workloads = self.live.len(),
             cgroups = self.cgroups.len(),
-            rules = self.compiled.rules.len(),
+            rules = self.config.rules.len(),
+            rule_entries = self.compiled.rules.len(),
             "policy installed"
         );
         Ok(())
