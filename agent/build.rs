@@ -13,9 +13,10 @@ const EBPF_TARGET: &str = "bpfel-unknown-none";
 const OBJECT_OVERRIDE: &str = "GRIDWARD_EBPF_OBJECT";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("agent/ lives in the workspace");
+    let cargo_var = |name| env::var_os(name).unwrap_or_else(|| panic!("cargo did not set {name}"));
+    let manifest_dir = PathBuf::from(cargo_var("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(cargo_var("OUT_DIR"));
+    let Some(root) = manifest_dir.parent() else { panic!("agent/ must live in the workspace") };
     for watched in ["ebpf/src", "ebpf/Cargo.toml", "ebpf/.cargo", "common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

@@ -189,7 +189,8 @@ fn an_overlapping_scope_is_refused() {
     let _agent = Agent::start(&outer, GRID_POLICY);
     let inner_scope = format!("{}/grid", outer.scope);
     let text = format!(
-        "scope: {inner_scope}\napi_socket: {}/inner.sock\naudit_log: {}/inner.jsonl\ntrust_domain: grid.local\n",
+        "scope: {inner_scope}\napi_socket: {}/inner.sock\naudit_log: {}/inner.jsonl\n\
+         trust_domain: grid.local\n",
         outer.temp.display(),
         outer.temp.display()
     );

@@ -258,7 +258,8 @@ fn serve(scope: &Path, service: &str, port: u16) -> Result<()> {
         bail!("{service} cannot listen on 127.0.0.1:{port} (is the port in use?)");
     }
     println!(
-        "   {service:<28} listening on 127.0.0.1:{port} as spiffe://{TRUST_DOMAIN}/ns/shop/sa/{service}"
+        "   {service:<28} listening on 127.0.0.1:{port} as \
+         spiffe://{TRUST_DOMAIN}/ns/shop/sa/{service}"
     );
     Ok(())
 }

@@ -126,7 +126,8 @@ fn make_network() -> Result<()> {
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
     println!(
-        "   hosts: A 192.0.2.1, B 192.0.2.2; pods: gateway .11, exchange .12 (on A), payments .21 (on B)"
+        "   hosts: A 192.0.2.1, B 192.0.2.2; pods: gateway .11, exchange .12 (on A), \
+         payments .21 (on B)"
     );
     Ok(())
 }
@@ -168,7 +169,8 @@ fn run_pki(work: &Path) -> Result<()> {
         ])?;
     }
     println!(
-        "   PKI issued 1-hour SVIDs: host A holds the gateway's and the exchange's, host B payments'"
+        "   PKI issued 1-hour SVIDs: host A holds the gateway's and the exchange's, \
+         host B payments'"
     );
     Ok(())
 }

@@ -45,7 +45,8 @@ impl AddressBook {
                     self.published.insert(*address, *identity);
                 }
                 Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), %address, "cannot map address")
+                    let error = crate::error_chain(&error);
+                    tracing::warn!(error, %address, "cannot map address")
                 }
             }
         }

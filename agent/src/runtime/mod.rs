@@ -226,7 +226,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     if let Some(dir) = workload_api.parent() {
         let _ = std::fs::remove_dir(dir);
     }
-    tracing::info!(pins = %paths.pins.display(), "agent stopping; enforcement stays in force from the pins (`gridward teardown` removes them)");
+    // Enforcement stays in force from the pins; `gridward teardown` ends it.
+    tracing::info!(pins = %paths.pins.display(), "agent stopping; enforcement stays");
     drop(ebpf);
     Ok(())
 }
@@ -356,7 +357,8 @@ fn adopt_socket(state: &mut AgentState, socket: &ExistingSocket, tag: SockTag, n
     if socket.listening {
         let key = ListenerKey::new(netns, socket.addr, socket.port, socket.protocol);
         if let Err(error) = state.maps.record_existing_listener(key, tag, socket.cookie) {
-            tracing::warn!(error = %crate::error_chain(&error), "cannot record an existing listener");
+            let error = crate::error_chain(&error);
+            tracing::warn!(error, "cannot record an existing listener");
         }
     }
     tagged

@@ -183,7 +183,8 @@ impl AgentState {
         if let Some(number) = state.identity {
             self.maps.set_cgroup(cgroup.id, number)?;
         }
-        tracing::debug!(path = cgroup.path, cgroup = cgroup.id, identity = ?state.spiffe_id, "cgroup classified");
+        let identity = state.spiffe_id.as_ref().map(ToString::to_string);
+        tracing::debug!(path = cgroup.path, cgroup = cgroup.id, identity, "cgroup classified");
         self.cgroups.insert(cgroup.path.clone(), state);
         self.refresh_names();
         Ok(())
