@@ -8,6 +8,10 @@
 //! gw-probe loop tcp ADDR COUNT GAP_MS    COUNT connects, one line each
 //! gw-probe move-then-connect PROCS ADDR  make a socket, move into the cgroup
 //!                                        whose cgroup.procs is PROCS, connect
+//! gw-probe bench ...                     the benchmark's loops (see `bench`)
+
+mod bench;
+mod mix;
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
         ["sendto", addr] => report(send_to(addr)),
         ["loop", "tcp", addr, count, gap] => connect_loop(addr, count, gap),
         ["move-then-connect", procs, addr] => report(move_then_connect(procs, addr)),
+        ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!("usage: see the module documentation of gw-probe");
             return ExitCode::from(2);
