@@ -69,6 +69,7 @@ pub fn run(options: Options) -> Result<()> {
     let mut report = Report::new(&options);
     let result = Bench::prepare(&options).and_then(|mut bench| bench.run_all(&mut report));
     report.total_secs = started.elapsed().as_secs_f64();
+    report.machine.finish();
     if let Err(error) = &result {
         eprintln!("bench failed: {error:#}");
     }

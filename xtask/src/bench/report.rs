@@ -47,6 +47,35 @@ pub struct Report {
     pub footprint: Option<Footprint>,
     pub costs: Vec<SizeCost>,
     pub total_secs: f64,
+    /// Kernel, CPUs, and the load average when the run began and ended: the
+    /// machine may be shared, and its load moves the absolute figures.
+    pub machine: Machine,
+}
+
+#[derive(Default)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub load_start: String,
+    pub load_end: String,
+}
+
+impl Machine {
+    pub fn now() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let load: Vec<String> =
+            read("/proc/loadavg").split_whitespace().take(3).map(str::to_owned).collect();
+        Self {
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            load_start: load.join(" "),
+            load_end: String::new(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.load_end = Self::now().load_start;
+    }
 }
 
 /// One target: what it asks, what was measured, and whether it holds.
@@ -69,11 +98,17 @@ impl Report {
             footprint: None,
             costs: Vec::new(),
             total_secs: 0.0,
+            machine: Machine::now(),
         }
     }
 
     pub fn print(&self) {
         println!("\n== gridward benchmark{}", if self.quick { " (quick)" } else { "" });
+        let m = &self.machine;
+        println!(
+            "Linux {}, {} CPUs; load average {} at the start, {} at the end",
+            m.kernel, m.cpus, m.load_start, m.load_end
+        );
         println!("\n-- 1, 2: per-call latency, medians; added = paired with the baseline call");
         for result in &self.latency {
             println!("{}", result.line());
@@ -326,6 +361,10 @@ impl Report {
             })).collect::<Vec<_>>(),
             "targets": verdicts,
             "total_secs": self.total_secs,
+            "machine": {
+                "kernel": self.machine.kernel, "cpus": self.machine.cpus,
+                "load_start": self.machine.load_start, "load_end": self.machine.load_end,
+            },
         })
     }
 }
