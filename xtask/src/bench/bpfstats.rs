@@ -122,7 +122,7 @@ pub fn per_run(before: &Snapshot, after: &Snapshot) -> Costs {
         .filter_map(|(name, (time, runs))| {
             let (t0, r0) = before.get(name).copied().unwrap_or_default();
             let runs = runs.checked_sub(r0)?;
-            (runs > 0).then(|| (name.clone(), ((time - t0) as f64 / runs as f64, runs)))
+            (runs > 0).then(|| (name.clone(), (time.saturating_sub(t0) as f64 / runs as f64, runs)))
         })
         .collect()
 }

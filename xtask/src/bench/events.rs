@@ -145,10 +145,10 @@ fn step(flood: &Flood, rate: u64, secs: u64, stall_ms: Option<u64>) -> Result<St
     }
     let (attempts, denied, elapsed_ns) = flooded?;
     let after = flood.agent.counters()?;
-    let delta = |name: &str| after.get(name) - before.get(name);
+    let delta = |name: &str| after.get(name).saturating_sub(before.get(name));
     let sent = delta("events_sent");
     let drained = wait_drained(flood.agent, drained_before, sent)?;
-    let cpu = cpu_ticks(pid)? - cpu_before;
+    let cpu = cpu_ticks(pid)?.saturating_sub(cpu_before);
     let cpu_ns = cpu as f64 * 1e9 / ticks_per_second() as f64;
     Ok(Step {
         target_rate: rate,
@@ -165,7 +165,7 @@ fn step(flood: &Flood, rate: u64, secs: u64, stall_ms: Option<u64>) -> Result<St
 
 /// The kernel's own count of denials (each flood call is one).
 fn delta_deny(before: &Counters, after: &Counters) -> u64 {
-    after.get("verdict_deny") - before.get("verdict_deny")
+    after.get("verdict_deny").saturating_sub(before.get("verdict_deny"))
 }
 
 fn run_flood(flood: &Flood, rate: u64, secs: u64) -> Result<(u64, u64, u64)> {
@@ -184,11 +184,11 @@ fn run_flood(flood: &Flood, rate: u64, secs: u64) -> Result<(u64, u64, u64)> {
 /// Waits (bounded) until the audit log holds `sent` more events.
 fn wait_drained(agent: &Agent, before: u64, sent: u64) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut drained = agent.audit_lines()? - before;
+    let mut drained = agent.audit_lines()?.saturating_sub(before);
     let mut last_change = Instant::now();
     while drained < sent && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let now = agent.audit_lines().context("cannot read the audit log")? - before;
+        let now = agent.audit_lines().context("cannot read the audit log")?.saturating_sub(before);
         if now != drained {
             last_change = Instant::now();
         }

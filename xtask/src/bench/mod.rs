@@ -346,7 +346,7 @@ impl Bench {
         eprintln!("    idle CPU over {idle_secs} s");
         let before = agent::cpu_ticks(pid)?;
         std::thread::sleep(Duration::from_secs(idle_secs));
-        let ticks = agent::cpu_ticks(pid)? - before;
+        let ticks = agent::cpu_ticks(pid)?.saturating_sub(before);
         let cpu_pct = ticks as f64 / agent::ticks_per_second() as f64 / idle_secs as f64 * 100.0;
         let status = agent.status()?;
         let workloads = status["workloads"].as_array().map_or(0, Vec::len);
