@@ -50,7 +50,7 @@ pub mod maps {
         STATS, EVENTS, BOUND, AUTH, FLOWS,
     ];
 
-    pub const CGROUPS_MAX: u32 = 65_536;
+    pub const CGROUPS_MAX: u32 = 131_072;
     pub const SUBTREES_MAX: u32 = 1_024;
     pub const SOCKETS_MAX: u32 = 262_144;
     pub const LISTENERS_MAX: u32 = 65_536;

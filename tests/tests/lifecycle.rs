@@ -106,6 +106,55 @@ fn policy_reload_under_traffic_never_shows_a_mixed_state() {
     assert!(agent.status().unwrap()["revision"].as_u64().unwrap() >= 21);
 }
 
+/// A policy whose only rule lets `from` reach payments on 18466.
+fn only_from(from: &str) -> String {
+    format!(
+        r#"
+trust_domain: grid.local
+mode: enforce
+workloads:
+  - cgroup: "/grid/<name>"
+    spiffe_id: "spiffe://grid.local/sa/<name>"
+rules:
+  - name: only-{from}
+    from: ["spiffe://grid.local/sa/{from}"]
+    to: ["spiffe://grid.local/sa/payments"]
+    ports: [18466]
+"#
+    )
+}
+
+/// Reloads fill the inactive slot in bulk and classify the cgroups the tree
+/// watch knows instead of walking the tree: nothing of a policy two reloads
+/// back may survive in its slot, and a cgroup made after the start is
+/// judged by the reloaded policy.
+#[test]
+fn a_reload_replaces_the_whole_slot_and_knows_new_cgroups() {
+    if !kernel_tests_enabled("reload_slots") {
+        return;
+    }
+    let mut scope = grid_scope("reloadslots");
+    scope.serve("/grid/payments", "tcp", "127.0.0.1:18466");
+    let agent = Agent::start(&scope, &only_from("gateway"));
+    scope.mkdir("/grid/auditor");
+    std::thread::sleep(Duration::from_millis(300));
+    let connect = |rel: &str| scope.probe(rel, &["connect", "tcp", "127.0.0.1:18466"]);
+
+    for from in ["exchange", "gateway", "exchange"] {
+        std::fs::write(&agent.config, Agent::config_text(&scope, &only_from(from))).unwrap();
+        let (ok, message) = agent.reload();
+        assert!(ok, "reload to {from} failed: {message}");
+    }
+    assert_eq!(connect("/grid/gateway"), "denied", "a rule from an older policy survived");
+    assert_eq!(connect("/grid/exchange"), "ok");
+
+    std::fs::write(&agent.config, Agent::config_text(&scope, &only_from("auditor"))).unwrap();
+    let (ok, message) = agent.reload();
+    assert!(ok, "reload to auditor failed: {message}");
+    assert_eq!(connect("/grid/auditor"), "ok", "a cgroup made after the start was missed");
+    assert_eq!(connect("/grid/exchange"), "denied");
+}
+
 #[test]
 fn an_invalid_policy_on_reload_changes_nothing() {
     if !kernel_tests_enabled("invalid_reload") {

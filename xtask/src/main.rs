@@ -1,6 +1,7 @@
 //! Developer commands for gridward. `cargo xtask demo` and `cargo xtask test`
 //! are the two a newcomer needs; each installs what is missing first.
 
+mod bench;
 mod demo;
 mod demo_hosts;
 mod setup;
@@ -47,6 +48,16 @@ enum Task {
     },
     /// Run formatting and clippy checks only.
     Lint,
+    /// Build in release and measure the real agent against the targets
+    /// (root): prints a table and writes target/bench/results.json.
+    Bench {
+        /// Policy sizes (rules, and as many identity cgroups).
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 1_000, 10_000, 100_000])]
+        sizes: Vec<usize>,
+        /// Fewer rounds and iterations: a smoke test of the bench itself.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -56,6 +67,7 @@ fn main() -> Result<()> {
         Task::Demo { hold } => demo::run(hold),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
+        Task::Bench { sizes, quick } => bench::run(bench::Options { sizes, quick }),
     }
 }
 

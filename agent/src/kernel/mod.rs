@@ -7,10 +7,18 @@
 //! new one and never a mix. Additive changes (a new workload) go straight into
 //! the active slot, in an order that never opens a gap: rules and flags of a
 //! new identity first, the cgroup that carries it last.
+//!
+//! An install writes and clears whole slots with the kernel's batch map
+//! commands (`batch`): at 100,000 rules one syscall per entry would cost
+//! most of a second, the batches a small fraction of it.
+
+mod batch;
+
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gridward_common::{
     ActiveSlot, AuthEntry, AuthKey, CgroupEntry, IdentEntry, IdentKey, ListenerEntry, ListenerKey,
@@ -19,6 +27,7 @@ use gridward_common::{
 };
 
 use crate::policy::{CompiledPolicy, PolicyDiff, RuleKey};
+use batch::RawMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -30,6 +39,8 @@ pub enum KernelError {
     Write { name: &'static str, source: Box<MapError> },
     #[error("reading map {name} failed")]
     Read { name: &'static str, source: Box<MapError> },
+    #[error("bulk access to map {name} failed")]
+    Bulk { name: &'static str, source: std::io::Error },
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
@@ -49,7 +60,14 @@ pub struct KernelMaps {
     stats: PerCpuArray<MapData, u64>,
     auth: HashMap<MapData, AuthKey, AuthEntry>,
     ipcache: LpmTrie<MapData, [u8; 16], u32>,
+    /// Raw handles on the maps an install fills and clears in bulk.
+    bulk_cgroups: RawMap,
+    bulk_identities: RawMap,
+    bulk_rules: RawMap,
 }
+
+/// Bytes of an LPM rule key: the prefix length, then the data.
+const RULE_KEY_SIZE: usize = 4 + RULE_KEY_BYTES;
 
 macro_rules! take {
     ($ebpf:expr, $name:expr) => {{
@@ -59,9 +77,36 @@ macro_rules! take {
     }};
 }
 
+/// A descriptor of our own on a hash or LPM map, for the batch commands.
+fn raw_map(ebpf: &Ebpf, name: &'static str, key: usize, value: usize) -> Result<RawMap> {
+    let data = match ebpf.map(name).ok_or(KernelError::MissingMap { name })? {
+        Map::HashMap(data) | Map::LpmTrie(data) => data,
+        _ => {
+            return Err(KernelError::MapType {
+                name,
+                source: Box::new(MapError::InvalidName { name: name.to_owned() }),
+            });
+        }
+    };
+    let fd: OwnedFd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| KernelError::Bulk { name, source })?;
+    Ok(RawMap::new(fd, key, value))
+}
+
 impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let size = std::mem::size_of::<u64>();
+        let bulk_cgroups = raw_map(ebpf, maps::CGROUPS, size, size_of::<CgroupEntry>())?;
+        let bulk_identities =
+            raw_map(ebpf, maps::IDENTITIES, size_of::<IdentKey>(), size_of::<IdentEntry>())?;
+        let bulk_rules = raw_map(ebpf, maps::RULES, RULE_KEY_SIZE, size_of::<RuleEntry>())?;
         Ok(Self {
+            bulk_cgroups,
+            bulk_identities,
+            bulk_rules,
             cgroups: take!(ebpf, maps::CGROUPS),
             subtrees: take!(ebpf, maps::SUBTREES),
             sockets: take!(ebpf, maps::SOCKETS),
@@ -101,9 +146,7 @@ impl KernelMaps {
         self.clear_slot(pending)?;
         self.write_identities(pending, policy.identities.iter().map(|(id, f)| (*id, *f)))?;
         self.write_rules(pending, rule_flags, policy.rules.iter().map(|(key, id)| (*key, *id)))?;
-        for (cgroup_id, identity) in cgroups {
-            self.set_cgroup_slot(*cgroup_id, pending, *identity)?;
-        }
+        self.write_cgroup_slot(pending, cgroups)?;
         let info = SlotInfo { revision: policy.revision, _pad: 0 };
         self.slots.set(pending, info, 0).map_err(write(maps::SLOTS))?;
 
@@ -134,10 +177,23 @@ impl KernelMaps {
         self.cgroups.insert(cgroup_id, entry, 0).map_err(write(maps::CGROUPS))
     }
 
-    fn set_cgroup_slot(&mut self, cgroup_id: u64, slot: u32, identity: u32) -> Result<()> {
-        let mut entry = self.cgroups.get(&cgroup_id, 0).unwrap_or_default();
-        entry.identity[(slot & 1) as usize] = identity;
-        self.cgroups.insert(cgroup_id, entry, 0).map_err(write(maps::CGROUPS))
+    /// Sets every cgroup's identity in `slot`, keeping its other slot.
+    fn write_cgroup_slot(&mut self, slot: u32, cgroups: &[(u64, u32)]) -> Result<()> {
+        let (keys, values) = self.bulk_cgroups.read_all().map_err(bulk(maps::CGROUPS))?;
+        let mut current: std::collections::HashMap<u64, CgroupEntry> = keys
+            .chunks_exact(8)
+            .zip(values.chunks_exact(8))
+            .map(|(k, v)| (u64_of(k), CgroupEntry { identity: [u32_of(&v[..4]), u32_of(&v[4..])] }))
+            .collect();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (cgroup_id, identity) in cgroups {
+            let entry = current.entry(*cgroup_id).or_default();
+            entry.identity[(slot & 1) as usize] = *identity;
+            keys.extend_from_slice(&cgroup_id.to_ne_bytes());
+            values.extend_from_slice(&entry.identity[0].to_ne_bytes());
+            values.extend_from_slice(&entry.identity[1].to_ne_bytes());
+        }
+        self.bulk_cgroups.update_all(&keys, &values).map_err(bulk(maps::CGROUPS))
     }
 
     pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<()> {
@@ -145,8 +201,9 @@ impl KernelMaps {
     }
 
     /// cgroup ids with an entry, for pruning what an earlier agent left.
-    pub fn cgroup_ids(&self) -> Vec<u64> {
-        self.cgroups.keys().filter_map(|key| key.ok()).collect()
+    pub fn cgroup_ids(&self) -> Result<Vec<u64>> {
+        let (keys, _) = self.bulk_cgroups.read_all().map_err(bulk(maps::CGROUPS))?;
+        Ok(keys.chunks_exact(8).map(u64_of).collect())
     }
 
     /// Replaces the set of managed subtree roots.
@@ -250,13 +307,13 @@ impl KernelMaps {
         slot: u32,
         entries: impl Iterator<Item = (u32, u32)>,
     ) -> Result<()> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (identity, flags) in entries {
-            let key = IdentKey { slot, identity };
-            self.identities
-                .insert(key, IdentEntry { flags }, 0)
-                .map_err(write(maps::IDENTITIES))?;
+            keys.extend_from_slice(&slot.to_ne_bytes());
+            keys.extend_from_slice(&identity.to_ne_bytes());
+            values.extend_from_slice(&flags.to_ne_bytes());
         }
-        Ok(())
+        self.bulk_identities.update_all(&keys, &values).map_err(bulk(maps::IDENTITIES))
     }
 
     fn write_rules(
@@ -265,33 +322,49 @@ impl KernelMaps {
         rule_flags: &[u32],
         entries: impl Iterator<Item = (RuleKey, u32)>,
     ) -> Result<()> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (key, rule_id) in entries {
             let index = (rule_id as usize).wrapping_sub(1);
             let flags = rule_flags.get(index).copied().unwrap_or(0);
-            let entry = RuleEntry { rule_id, flags };
-            self.rules.insert(&rule_key(slot, &key), entry, 0).map_err(write(maps::RULES))?;
+            keys.extend_from_slice(&key.prefix_len().to_ne_bytes());
+            keys.extend_from_slice(&key.data(slot as u8));
+            values.extend_from_slice(&rule_id.to_ne_bytes());
+            values.extend_from_slice(&flags.to_ne_bytes());
         }
-        Ok(())
+        self.bulk_rules.update_all(&keys, &values).map_err(bulk(maps::RULES))
     }
 
-    /// Deletes every identity and rule entry of `slot`.
+    /// Deletes every identity and rule entry of `slot`: both maps are read
+    /// whole (they hold both slots) and the slot's keys deleted in bulk.
     fn clear_slot(&mut self, slot: u32) -> Result<()> {
-        let idents: Vec<IdentKey> =
-            self.identities.keys().filter_map(|k| k.ok()).filter(|k| k.slot == slot).collect();
-        for key in idents {
-            ignore_missing(self.identities.remove(&key), maps::IDENTITIES)?;
-        }
-        let rules: Vec<Key<[u8; RULE_KEY_BYTES]>> = self
-            .rules
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| u32::from(k.data()[0]) == slot)
+        let (keys, _) = self.bulk_identities.read_all().map_err(bulk(maps::IDENTITIES))?;
+        let stale: Vec<u8> =
+            keys.chunks_exact(8).filter(|k| u32_of(&k[..4]) == slot).flatten().copied().collect();
+        self.bulk_identities.delete_all(&stale).map_err(bulk(maps::IDENTITIES))?;
+        let (keys, _) = self.bulk_rules.read_all().map_err(bulk(maps::RULES))?;
+        // The slot is the first data byte, right after the prefix length.
+        let stale: Vec<u8> = keys
+            .chunks_exact(RULE_KEY_SIZE)
+            .filter(|k| u32::from(k[4]) == slot)
+            .flatten()
+            .copied()
             .collect();
-        for key in rules {
-            ignore_missing(self.rules.remove(&key), maps::RULES)?;
-        }
-        Ok(())
+        self.bulk_rules.delete_all(&stale).map_err(bulk(maps::RULES))
     }
+}
+
+fn u32_of(bytes: &[u8]) -> u32 {
+    u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[..8]);
+    u64::from_ne_bytes(raw)
+}
+
+fn bulk(name: &'static str) -> impl Fn(std::io::Error) -> KernelError {
+    move |source| KernelError::Bulk { name, source }
 }
 
 /// The LPM key of a compiled rule in `slot`.

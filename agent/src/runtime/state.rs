@@ -92,12 +92,30 @@ impl AgentState {
     }
 
     /// Walks the whole scope, classifies every cgroup and installs the policy
-    /// in one slot flip. Used at start, on reload and after a watch overflow.
+    /// in one slot flip. Used at start and after a watch overflow.
     pub fn install_full(&mut self) -> Result<(), StateError> {
         let found = workloads::walk(&self.scope_dir)?;
+        self.install(&found)
+    }
+
+    /// Installs the policy for the cgroups the tree watch already knows, in
+    /// one slot flip: a reload. The watch keeps that set current (and a
+    /// watch overflow walks the tree again), so a reload need not walk a
+    /// large tree; a cgroup whose creation is still queued is classified
+    /// under the new policy when its event is handled.
+    fn install_known(&mut self) -> Result<(), StateError> {
+        let known: Vec<Cgroup> = self
+            .cgroups
+            .iter()
+            .map(|(path, state)| Cgroup { id: state.id, path: path.clone() })
+            .collect();
+        self.install(&known)
+    }
+
+    fn install(&mut self, found: &[Cgroup]) -> Result<(), StateError> {
         let mut cgroups = BTreeMap::new();
         let mut live = BTreeMap::new();
-        for cgroup in &found {
+        for cgroup in found {
             let state = self.classify(cgroup);
             if let (Some(number), Some(id), Some(mode)) =
                 (state.identity, &state.spiffe_id, state.mode)
@@ -141,7 +159,7 @@ impl AgentState {
         self.classifier = Classifier::new(&config);
         self.subtrees = self.classifier.managed_subtrees();
         self.config = config;
-        if let Err(error) = self.install_full() {
+        if let Err(error) = self.install_known() {
             (self.config, self.classifier, self.subtrees) = previous;
             return Err(error);
         }
@@ -307,7 +325,7 @@ impl AgentState {
     ) -> Result<(), StateError> {
         let present: std::collections::HashSet<u64> =
             current.values().filter(|c| c.identity.is_some()).map(|c| c.id).collect();
-        for id in self.maps.cgroup_ids() {
+        for id in self.maps.cgroup_ids()? {
             if !present.contains(&id) {
                 self.maps.remove_cgroup(id)?;
             }

@@ -11,6 +11,10 @@
 //! gw-probe serve-reuseport ADDR          like serve tcp, with SO_REUSEPORT
 //! gw-probe bind-reuseport-close ADDR     bind a TCP socket with SO_REUSEPORT
 //!                                        next to another one, then close it
+//! gw-probe bench ...                     the benchmark's loops (see `bench`)
+
+mod bench;
+mod mix;
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         ["move-then-connect", procs, addr] => report(move_then_connect(procs, addr)),
         ["serve-reuseport", addr] => serve_reuseport(addr),
         ["bind-reuseport-close", addr] => report(bind_reuseport(addr).map(close)),
+        ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!("usage: see the module documentation of gw-probe");
             return ExitCode::from(2);
