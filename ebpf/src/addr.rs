@@ -18,7 +18,7 @@ use crate::{
     decide::{Decision, decide},
     flows,
     listeners::{destination_identity, effective_destination},
-    maps::{active_slot, revision},
+    maps::active_slot,
     report::{Call, report},
     sock::ipv6_bytes,
     tag::{identity_of, tag_of_socket},
@@ -134,7 +134,7 @@ fn judge(
         socket_cookie: cookie,
         src_identity,
         dst_identity,
-        revision: revision(slot),
+        slot,
     };
     report(&call, &decision);
     if decision.verdict == verdict::DENY { REFUSE } else { PROCEED }

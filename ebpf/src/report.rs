@@ -12,7 +12,7 @@ use gridward_common::{
 
 use crate::{
     decide::Decision,
-    maps::{EVENTS, PAIRS, count},
+    maps::{EVENTS, PAIRS, count, revision},
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -38,7 +38,9 @@ pub struct Call {
     pub socket_cookie: u64,
     pub src_identity: u32,
     pub dst_identity: u32,
-    pub revision: u32,
+    /// The policy slot the verdict was read from; its revision is looked up
+    /// only when an event is sent.
+    pub slot: u32,
 }
 
 #[inline(always)]
@@ -110,7 +112,7 @@ fn emit(call: &Call, decision: &Decision, now: u64, repeats: u64) {
         src_identity: call.src_identity,
         dst_identity: call.dst_identity,
         rule_id: decision.rule_id,
-        revision: call.revision,
+        revision: revision(call.slot),
         src_addr: call.src_addr,
         dst_addr: call.dst_addr,
         src_port: call.src_port,

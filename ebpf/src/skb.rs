@@ -15,7 +15,7 @@ use crate::{
     decide::decide_ingress,
     flows,
     listeners::address_identity,
-    maps::{SOCKETS, active_slot, revision},
+    maps::{SOCKETS, active_slot},
     report::{Call, report},
     tag::{identity_of, tag_for_skb},
 };
@@ -158,7 +158,7 @@ fn judge(ctx: &SkBuffContext, packet: &Packet) -> i32 {
         socket_cookie: cookie,
         src_identity,
         dst_identity,
-        revision: revision(slot),
+        slot,
     };
     report(&call, &decision);
     if decision.verdict == verdict::DENY { DROP } else { KEEP }

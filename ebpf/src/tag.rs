@@ -26,7 +26,11 @@ const MAX_CGROUP_DEPTH: i32 = 16;
 pub fn tag_for_current() -> SockTag {
     // SAFETY: the helper takes no arguments and only reads the current task.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    SockTag { cgroup_id, managed: current_in_managed_subtree() as u32, _pad: 0 }
+    // A cgroup the agent has an entry for lies in a managed subtree (that is
+    // the only place entries are made), so only unknown cgroups need the
+    // ancestor walk, which is the costly part of tagging.
+    let managed = CGROUPS.get_ptr(cgroup_id).is_some() || current_in_managed_subtree();
+    SockTag { cgroup_id, managed: managed as u32, _pad: 0 }
 }
 
 /// Whether the current task's cgroup or one of its ancestors is a subtree

@@ -8,7 +8,10 @@ pub mod record;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,6 +20,12 @@ use gridward_common::Event;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 
 pub use record::EventRecord;
+
+/// Events read from the ring, and events the audit writer could not take
+/// (its queue was full): with the kernel's own counters, every event is
+/// accounted for.
+pub static DRAINED: AtomicU64 = AtomicU64::new(0);
+pub static AUDIT_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// How often the ring is drained when the kernel does not wake us.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -80,8 +89,9 @@ pub async fn drain(
             // No observers is fine; a full audit queue means the writer is
             // stuck, and waiting here would only move the loss to the kernel.
             let _ = out.send(Arc::clone(&event));
+            DRAINED.fetch_add(1, Ordering::Relaxed);
             if audit.try_send(event).is_err() {
-                tracing::debug!("audit queue full; event not logged");
+                AUDIT_DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -102,7 +102,9 @@ impl Shared {
     pub fn publish(&self, event: EventRecord) {
         let event = Arc::new(event);
         let _ = self.events.send(Arc::clone(&event));
-        let _ = self.audit.try_send(event);
+        if self.audit.try_send(event).is_err() {
+            events::AUDIT_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub async fn status(&self) -> status::Status {

@@ -146,6 +146,8 @@ fn counters(state: &AgentState) -> Vec<Counter> {
         Counter { name: "events_sent".into(), value: value(stat::EVENTS_SENT) },
         Counter { name: "events_suppressed".into(), value: value(stat::EVENTS_SUPPRESSED) },
         Counter { name: "events_lost".into(), value: value(stat::EVENTS_LOST) },
+        Counter { name: "events_drained".into(), value: drained() },
+        Counter { name: "audit_dropped".into(), value: audit_dropped() },
         Counter { name: "untagged_sockets".into(), value: value(stat::UNTAGGED_SOCKETS) },
         Counter { name: "tag_failures".into(), value: value(stat::TAG_FAILURES) },
         Counter { name: "listener_table_full".into(), value: value(stat::LISTENER_TABLE_FULL) },
@@ -196,4 +198,12 @@ fn proofs(state: &AgentState) -> Vec<ProofStatus> {
             },
         })
         .collect()
+}
+
+fn drained() -> u64 {
+    crate::events::DRAINED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn audit_dropped() -> u64 {
+    crate::events::AUDIT_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
 }
