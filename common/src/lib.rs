@@ -30,7 +30,7 @@ pub mod identity {
 pub mod maps {
     pub const CGROUPS: &str = "gw_cgrp_v1";
     pub const SUBTREES: &str = "gw_subtree_v1";
-    pub const SOCKETS: &str = "gw_sock_v1";
+    pub const SOCKETS: &str = "gw_sock_v2";
     pub const LISTENERS: &str = "gw_listen_v2";
     pub const IPCACHE: &str = "gw_ipcache_v1";
     pub const IDENTITIES: &str = "gw_ident_v1";

@@ -5,10 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -128,8 +125,7 @@ fn judge(
         src_port: 0,
         dst_addr: addr,
         dst_port: port,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; gridward_common::COMM_LEN]),
+        from_task: true,
         cgroup_id: tag.cgroup_id,
         socket_cookie: cookie,
         src_identity,

@@ -22,9 +22,11 @@ pub static CGROUPS: HashMap<u64, CgroupEntry> = HashMap::pinned(maps::CGROUPS_MA
 #[map(name = "gw_subtree_v1")]
 pub static SUBTREES: HashMap<u64, u32> = HashMap::pinned(maps::SUBTREES_MAX, 0);
 
-/// socket cookie -> where the socket was created.
-#[map(name = "gw_sock_v1")]
-pub static SOCKETS: HashMap<u64, SockTag> = HashMap::pinned(maps::SOCKETS_MAX, NO_PREALLOC);
+/// socket cookie -> where the socket was created. Preallocated: an entry is
+/// made and freed for every socket, and the allocator costs more than the
+/// hash itself; the price is kernel memory for every entry up front.
+#[map(name = "gw_sock_v2")]
+pub static SOCKETS: HashMap<u64, SockTag> = HashMap::pinned(maps::SOCKETS_MAX, 0);
 
 /// (netns, address, port, protocol) -> the socket bound there.
 #[map(name = "gw_listen_v2")]
@@ -103,7 +105,7 @@ pub fn revision(slot: u32) -> u32 {
 const _: () = {
     assert!(same(maps::CGROUPS, "gw_cgrp_v1"));
     assert!(same(maps::SUBTREES, "gw_subtree_v1"));
-    assert!(same(maps::SOCKETS, "gw_sock_v1"));
+    assert!(same(maps::SOCKETS, "gw_sock_v2"));
     assert!(same(maps::LISTENERS, "gw_listen_v2"));
     assert!(same(maps::BOUND, "gw_bound_v1"));
     assert!(same(maps::IPCACHE, "gw_ipcache_v1"));

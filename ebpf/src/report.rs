@@ -3,7 +3,9 @@
 //! and they are submitted without waking the reader (the agent polls), which
 //! is what keeps the cost of a connect low.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns,
+};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use gridward_common::{
     ALLOWED_PAIR_EVENT_INTERVAL_NS, Event, PAIR_EVENT_INTERVAL_NS, PairKey, PairStats, maps, stat,
@@ -31,9 +33,9 @@ pub struct Call {
     pub src_port: u16,
     pub dst_addr: [u8; 16],
     pub dst_port: u16,
-    /// The calling task, or zeros where there is none (packet hooks).
-    pub pid: u32,
-    pub comm: [u8; gridward_common::COMM_LEN],
+    /// Whether a calling task made the call (socket hooks) or none did
+    /// (packet hooks); its pid and command are read only for an event.
+    pub from_task: bool,
     pub cgroup_id: u64,
     pub socket_cookie: u64,
     pub src_identity: u32,
@@ -108,7 +110,7 @@ fn emit(call: &Call, decision: &Decision, now: u64, repeats: u64) {
         cgroup_id: call.cgroup_id,
         socket_cookie: call.socket_cookie,
         repeats,
-        pid: call.pid,
+        pid: if call.from_task { (bpf_get_current_pid_tgid() >> 32) as u32 } else { 0 },
         src_identity: call.src_identity,
         dst_identity: call.dst_identity,
         rule_id: decision.rule_id,
@@ -123,7 +125,11 @@ fn emit(call: &Call, decision: &Decision, now: u64, repeats: u64) {
         verdict: decision.verdict,
         reason: decision.reason,
         _pad: [0; 3],
-        comm: call.comm,
+        comm: if call.from_task {
+            bpf_get_current_comm().unwrap_or([0; gridward_common::COMM_LEN])
+        } else {
+            [0; gridward_common::COMM_LEN]
+        },
     };
     entry.write(event);
     entry.submit(wakeup_flag());

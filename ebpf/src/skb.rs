@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use gridward_common::{COMM_LEN, hook, identity, ipv4_mapped, protocol, verdict};
+use gridward_common::{hook, identity, ipv4_mapped, protocol, verdict};
 
 use crate::{
     decide::decide_ingress,
@@ -152,8 +152,7 @@ fn judge(ctx: &SkBuffContext, packet: &Packet) -> i32 {
         src_port: packet.src_port,
         dst_addr: packet.dst,
         dst_port: packet.dst_port,
-        pid: 0,
-        comm: [0; COMM_LEN],
+        from_task: false,
         cgroup_id: tag.cgroup_id,
         socket_cookie: cookie,
         src_identity,
