@@ -214,14 +214,27 @@ impl RotationManager {
             // The source keeps handing out an SVID past its half-life (an
             // external PKI running late): ask again, but back off.
             slot.failures = slot.failures.saturating_add(1);
-            slot.next_attempt = now + self.retry.delay(slot.failures);
+            slot.next_attempt = now + self.retry_in(slot, now);
         }
         changed
     }
 
+    /// The backoff for the slot's failures, but never more than a quarter of
+    /// what its current SVID has left: a source that recovers late in an
+    /// SVID's life is noticed before the SVID expires.
+    fn retry_in(&self, slot: &Slot, now: SystemTime) -> Duration {
+        const FLOOR: Duration = Duration::from_millis(100);
+        let backoff = self.retry.delay(slot.failures);
+        let left = slot.current.as_ref().and_then(|svid| svid.not_after().duration_since(now).ok());
+        match left {
+            Some(left) => backoff.min(left / 4).max(FLOOR),
+            None => backoff,
+        }
+    }
+
     fn failed(&self, id: &SpiffeId, slot: &mut Slot, reason: &str, now: SystemTime) -> bool {
         slot.failures = slot.failures.saturating_add(1);
-        let delay = self.retry.delay(slot.failures);
+        let delay = self.retry_in(slot, now);
         slot.next_attempt = now + delay;
         let valid = slot.current.as_ref().is_some_and(|svid| now < svid.not_after());
         tracing::warn!(

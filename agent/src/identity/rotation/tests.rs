@@ -150,6 +150,42 @@ async fn survives_a_failing_source_and_stops_only_at_expiry() {
     assert!(recovered.not_after() > expiry);
 }
 
+/// Near expiry the retries come faster than the backoff alone would make
+/// them, so a source that recovers late is noticed before the SVID lapses.
+#[tokio::test]
+async fn retries_quicken_as_expiry_nears() {
+    let clock = ManualClock::starting_now();
+    let source = FlakySource::new(Arc::clone(&clock));
+    let rotation = manager(Arc::clone(&source), Arc::clone(&clock));
+    let start = clock.now();
+    let expiry = start + LIFETIME;
+    rotation.add(id(PAYMENTS));
+    rotation.tick().await;
+
+    // Fail from half-life on, until the backoff has grown to its bound.
+    source.failing.store(true, Ordering::SeqCst);
+    clock.set(start + LIFETIME / 2);
+    let mut next = rotation.tick().await;
+    for _ in 0..100 {
+        if next + Duration::from_secs(12) >= expiry {
+            break;
+        }
+        clock.set(next);
+        next = rotation.tick().await;
+    }
+    clock.set(next);
+    next = rotation.tick().await;
+    let left = expiry.duration_since(clock.now()).expect("before expiry");
+    let gap = next.duration_since(clock.now()).expect("next is ahead");
+    assert!(gap <= left / 4, "a retry {gap:?} away with {left:?} left");
+
+    source.failing.store(false, Ordering::SeqCst);
+    clock.set(next);
+    rotation.tick().await;
+    let renewed = rotation.current(&id(PAYMENTS)).expect("recovered before expiry");
+    assert!(renewed.not_after() > expiry);
+}
+
 #[tokio::test]
 async fn removed_identities_are_dropped() {
     let clock = ManualClock::starting_now();
