@@ -147,12 +147,16 @@ fn debian_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    run_step("update the Debian package lists", Command::new("apt-get").arg("update").arg("-q"))?;
+    // CI has no terminal: apt must never stop to ask.
+    let apt = || {
+        let mut command = Command::new("apt-get");
+        command.env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run_step("update the Debian package lists", apt().arg("update").arg("-q"))?;
     run_step(
         &format!("install Debian packages: {}", missing.join(" ")),
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing),
+        apt().args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing),
     )
 }
 
