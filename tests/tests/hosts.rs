@@ -317,3 +317,48 @@ fn pods_on_one_host_are_judged_by_identity_across_namespaces() {
     let (outcome, _) = probe_in(&scope, "/", &host, &["connect", "tcp", &target]);
     assert_eq!(outcome, "denied");
 }
+
+/// A host whose certificate is valid but for another SPIFFE ID proves only
+/// that ID: it gets none of the gateway's rights, and payments' host drops
+/// its workload's SYNs with the identity it did prove.
+#[test]
+fn a_valid_certificate_for_another_id_proves_only_that_id() {
+    if !kernel_tests_enabled("other_id") {
+        return;
+    }
+    let mut lan = Lan::new("gwoid");
+    let host_b = lan.host("b", HOST_B);
+    let rogue_host = lan.host("r", HOST_A);
+    let payments_ns = lan.host("pay", PAYMENTS_IP);
+    let mallory_ns = lan.host("mal", GATEWAY_IP);
+    let mut scope_b = TestScope::new("oidb");
+    scope_b.mkdir("/grid/payments");
+    let mut scope_r = TestScope::new("oidr");
+    scope_r.mkdir("/grid/mallory");
+
+    let pki = scope_b.temp.join("pki");
+    let (svids_b, svids_r) = (scope_b.temp.join("svids"), scope_r.temp.join("svids"));
+    ca(&["init", "--dir", &pki.display().to_string(), "--trust-domain", "grid.local"]);
+    issue(&pki, "grid.local", PAYMENTS, &svids_b, &[]);
+    let mallory = "spiffe://grid.local/sa/mallory";
+    issue(&pki, "grid.local", mallory, &svids_r, &[]);
+
+    serve_in(&mut scope_b, "/grid/payments", &payments_ns, &format!("{PAYMENTS_IP}:8443"));
+    serve_in(&mut scope_r, "/grid/mallory", &mallory_ns, &format!("{GATEWAY_IP}:9000"));
+    let agent_b = Agent::start_in(&scope_b, &host_policy(HOST_B, HOST_A, &svids_b), &host_b);
+    // The rogue runs an agent of its own whose policy asks to prove
+    // mallory -> payments; payments' host has no rule for mallory.
+    let rogue_policy = host_policy(HOST_A, HOST_B, &svids_r)
+        .replace("from: [\"spiffe://grid.local/sa/gateway\"]", &format!("from: [\"{mallory}\"]"));
+    let rogue = Agent::start_in(&scope_r, &rogue_policy, &rogue_host);
+    wait_for_proof(&rogue, mallory, PAYMENTS);
+
+    let target = format!("{PAYMENTS_IP}:8443");
+    let (outcome, _) =
+        probe_in(&scope_r, "/grid/mallory", &mallory_ns, &["connect", "tcp", &target]);
+    assert_eq!(outcome, "timeout", "mallory reached payments");
+    let drop = agent_b.wait_event("mallory dropped", |e| {
+        e["hook"] == "ingress" && e["verdict"] == "deny" && e["src"] == mallory
+    });
+    assert_eq!(drop["reason"], "no-ingress-rule");
+}
