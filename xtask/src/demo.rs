@@ -88,20 +88,8 @@ pub fn remember_netns(name: &str) {
     }
 }
 
-fn cgroup_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let point = before.split(' ').nth(4)?;
-            after.starts_with("cgroup2 ").then(|| PathBuf::from(point))
-        })
-        .context("no cgroup2 filesystem is mounted")
-}
-
 fn scope_dir() -> Result<PathBuf> {
-    Ok(cgroup_mount()?.join(SCOPE.trim_start_matches('/')))
+    Ok(crate::mounts::cgroup2_mount()?.join(SCOPE.trim_start_matches('/')))
 }
 
 fn scenario(hold: bool) -> Result<()> {
@@ -139,7 +127,7 @@ fn scenario(hold: bool) -> Result<()> {
             call(&scope, "currency-exchange", 8443, "lateral movement, repeated")?;
         }
     }
-    crate::demo_hosts::run(&cgroup_mount()?, &work)?;
+    crate::demo_hosts::run(&crate::mounts::cgroup2_mount()?, &work)?;
     say("the audit trails (JSON lines) and logs are in a directory removed at the end:");
     println!("   {}", work.display());
     Ok(())
@@ -289,7 +277,7 @@ fn cleanup() {
             .stdout(Stdio::null())
             .status();
     }
-    if let Ok(mount) = cgroup_mount() {
+    if let Ok(mount) = crate::mounts::cgroup2_mount() {
         for scope in [crate::demo_hosts::SCOPE_A, crate::demo_hosts::SCOPE_B] {
             remove_tree(&mount.join(scope.trim_start_matches('/')));
         }

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod demo_hosts;
+mod mounts;
 mod setup;
 
 use std::{

@@ -18,18 +18,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The cgroup2 mount point, from mountinfo.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    text.lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let point = before.split(' ').nth(4)?;
-            after.starts_with("cgroup2 ").then(|| PathBuf::from(point))
-        })
-        .context("no cgroup2 filesystem is mounted")
-}
-
 /// nft resolves `socket cgroupv2` paths relative to /sys/fs/cgroup; the
 /// prefix that turns a cgroup2-relative path into an nft path ("unified/"
 /// on a hybrid mount, "" on a pure v2 mount).

@@ -99,7 +99,7 @@ struct Bench {
 
 impl Bench {
     fn prepare(options: &Options) -> Result<Self> {
-        let mount = env::cgroup2_mount()?;
+        let mount = crate::mounts::cgroup2_mount()?;
         let largest = options.sizes.iter().copied().max().unwrap_or(0) as u64;
         // One watch per cgroup for the agent, with room for other users.
         let inotify = InotifyLimit::at_least(largest + 65_536)?;
