@@ -209,7 +209,9 @@ fn a_removed_cgroup_leaves_no_entries() {
     scope.mkdir("/grid/temporary");
     let agent = Agent::start(&scope, GRID_POLICY);
     let count = |agent: &Agent| agent.status().unwrap()["workloads"].as_array().unwrap().len();
+    let in_kernel = |agent: &Agent| agent.status().unwrap()["cgroup_entries"].as_u64().unwrap();
     assert_eq!(count(&agent), 4);
+    let before = in_kernel(&agent);
 
     std::fs::remove_dir(scope.path("/grid/temporary")).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -217,6 +219,7 @@ fn a_removed_cgroup_leaves_no_entries() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(count(&agent), 3, "the removed cgroup's identity must be gone");
+    assert_eq!(in_kernel(&agent), before - 1, "its entry must be gone from the kernel map");
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct Status {
     pub identity_entries: usize,
     pub rule_entries: usize,
     pub listeners: usize,
+    /// Entries of the kernel's cgroup map, read from the map itself.
+    pub cgroup_entries: usize,
     /// Entries of the address map (local pods, this host, proven remotes).
     pub addresses: usize,
     pub counters: Vec<Counter>,
@@ -124,6 +126,7 @@ impl Status {
             identity_entries: state.compiled.identities.len(),
             rule_entries: state.compiled.rules.len(),
             listeners: state.maps.listener_count(),
+            cgroup_entries: state.maps.cgroup_ids().map_or(0, |ids| ids.len()),
             addresses,
             counters: counters(state),
             pairs: top_pairs(state),
